@@ -1,0 +1,1 @@
+"""virtqueue package."""
