@@ -1,6 +1,7 @@
 """The ``virtio-msg`` command line: composes the pieces, holds no protocol logic.
 
-Subcommands: ``decode`` / ``encode`` (raw messages, JSON out/in).  Each handler
+Subcommands: ``run`` (the main job), ``decode`` / ``encode`` (raw messages,
+JSON out/in).  Each handler
 returns an exit status; ``main`` never lets a traceback reach the user for bad
 input — errors are one line on stderr starting with ``error:``.
 """
@@ -11,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from virtio_msg.errors import EncodeError, MalformedMessage
 from virtio_msg.wire import Codec, Profile, from_json, to_json
@@ -97,6 +99,68 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _print_run_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for bus in report["buses"]:
+        region = bus["region"]
+        console.print(
+            f"[bold]{bus['name']}[/bold]: profile {bus['profile']}, max message "
+            f"{bus['max_msg_size']} bytes, region {region['base']:#x} + {region['size']:#x}"
+        )
+        table = Table(title="devices")
+        for col in ("dev_num", "type", "features", "result"):
+            table.add_column(col)
+        for dev in bus["devices"]:
+            if dev["ok"]:
+                result = "[green]ok[/green] " + ", ".join(
+                    f"{k}={v}" for k, v in dev.get("result", {}).items()
+                )
+            else:
+                result = f"[red]FAILED[/red] {dev.get('error', '')}"
+            table.add_row(
+                str(dev["dev_num"]), dev["type"], " ".join(dev.get("features", [])), result
+            )
+        console.print(table)
+        msgs = Table(title="messages")
+        msgs.add_column("message")
+        msgs.add_column("count", justify="right")
+        for name, n in bus["messages"].items():
+            msgs.add_row(name, str(n))
+        console.print(msgs)
+        pool = bus["pool"]
+        lat = bus["latency_us"]
+        console.print(
+            f"pool: {pool['slots_used']}/{pool['slots_total']} slots in use, high water "
+            f"{pool['high_water']}, {pool['live_mappings']} live mappings, "
+            f"{pool['bytes_bounced_to_device']} B bounced to the device, "
+            f"{pool['bytes_bounced_from_device']} B back"
+        )
+        console.print(
+            f"requests: {lat['requests']}, latency p50 {lat['p50']} us, p99 {lat['p99']} us"
+        )
+        if bus["dropped"]:
+            console.print(f"dropped: {bus['dropped']}")
+    verdict = "[green]all devices ok[/green]" if report["ok"] else "[red]some devices failed[/red]"
+    console.print(verdict)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the loopback bus with the built-in devices and print a summary."""
+    from virtio_msg.runner import RunConfig, run_loopback
+    from virtio_msg.transport.params import BusParams
+
+    params = BusParams(args.profile, args.max_size, timeout_ms=args.timeout_ms)
+    report = run_loopback([RunConfig(params=params)])
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_run_report(report)
+    return 0 if report["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -104,6 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="virtio-msg in user space: loopback bus, devices, drivers and tools.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run", help="run a loopback bus with the built-in devices and report (the main job)"
+    )
+    _add_codec_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument(
+        "--timeout-ms", type=int, default=5000, metavar="MS",
+        help="per-request timeout in milliseconds (default 5000)",
+    )
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("decode", help="decode raw messages (hex) to JSON lines")
     _add_codec_args(p)

@@ -1,1 +1,8 @@
-"""devices package."""
+"""Device models (device side)."""
+
+from __future__ import annotations
+
+from virtio_msg.devices.rng import RngDevice
+from virtio_msg.transport.device import DeviceModel
+
+__all__ = ["DeviceModel", "RngDevice"]

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import struct
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
-import virtio_msg.spec as C  # noqa: N812  (constants namespace)
+import virtio_msg.spec as C
 from virtio_msg.errors import EncodeError, MalformedMessage
 from virtio_msg.wire import rfc1, spec
 from virtio_msg.wire._layout import Layout, build_registry
 
-Message = tuple[Any, ...]
-"""Any decoded message: an immutable tuple subclass from ``wire.spec``/``wire.rfc1``."""
+Message: TypeAlias = Any
+"""Any message: an immutable tuple subclass from ``wire.spec``/``wire.rfc1`` (or
+:class:`GenericMessage`), whose last two fields are the header's ``dev_num`` and
+``token``.  Typed ``Any`` because the engines dispatch on the concrete class."""
 
 Buffer = bytes | bytearray | memoryview
 
@@ -241,7 +243,7 @@ class Codec:
         """Encode one message of this profile; raise EncodeError if it cannot be sent."""
         cls = type(msg)
         if cls is GenericMessage:
-            g: GenericMessage = msg  # type: ignore[assignment]
+            g: GenericMessage = msg
             if not 0x80 <= g.msg_id <= 0xFF:
                 raise EncodeError(f"msg_id {g.msg_id!r}: generic messages need bit 7 set")
             if g.response and g.msg_id & C.MSG_ID_EVENT:

@@ -1,0 +1,510 @@
+"""The loopback bus: driver-side transports on one side, a backend channel on the other.
+
+Theory of operation.  One :class:`LoopbackBus` instance owns a shared
+:class:`~virtio_msg.memory.Region` with its restricted :class:`~virtio_msg.memory.DmaPool`,
+a table of device numbers, and one backend channel.  The backend asks the bus
+to ADD a device number; the bus then probes it: a
+:class:`~virtio_msg.transport.driver.DriverTransport` sends GET_DEVICE_INFO and
+the driver registered for the device type initializes it.  Every driver
+request is encoded in the bus's wire profile, given a bus-owned token and
+delivered to the backend; the backend's response completes exactly that
+request (correlated by token; per-device FIFO in linux-rfc1, which has no
+token).  A request completes with one response or one TransportError
+(timeout, removed, unroutable) — never both, never neither.  Late, duplicate
+and unmatched responses are dropped and counted; they never complete another
+request (seed defect 7).
+
+Events: EVENT_AVAIL goes to the backend as a one-way event.  The backend may
+send EVENT_USED, EVENT_CONFIG and bus EVENT_DEVICE; events are queued and
+dispatched by whichever thread finds the queue idle, so a device that
+completes a buffer inside a kick never recurses into the driver more than one
+level (seed defect 20).  The bus answers GET_DEVICES and PING itself.
+
+No lock is held while a device is probed or removed (seed defect 2): ADD and
+REMOVE change the table under the lock, then run the driver outside it.
+
+Channels are adapters: :class:`Channel` delivers bytes to a backend; the
+backend sends bytes back with :meth:`LoopbackBus.receive` and controls devices
+with :meth:`LoopbackBus.add_device` / :meth:`LoopbackBus.remove_device`.  The
+in-process channel calls the backend directly; the socket channel moves the
+same bytes over SOCK_SEQPACKET.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import virtio_msg.spec as C
+from virtio_msg.drivers import DRIVERS, Driver
+from virtio_msg.errors import (
+    BusError,
+    EncodeError,
+    MalformedMessage,
+    TransportError,
+    VirtioMsgError,
+)
+from virtio_msg.memory import DmaPool, Region
+from virtio_msg.transport.driver import DriverTransport
+from virtio_msg.transport.params import BusParams
+from virtio_msg.wire import GenericMessage, Message
+from virtio_msg.wire import spec as S
+from virtio_msg.wire.translate import WireAdapter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE = 0x1_0000_0000
+"""Bus address of the region: the seed's example (4 GiB)."""
+DEFAULT_SIZE = 4 << 20
+"""Region size: 4 MiB, the seed's example pool."""
+LATENCY_SAMPLES = 100_000
+"""Request latencies kept for percentiles (a bounded ring)."""
+
+
+class Channel(Protocol):
+    """How the bus reaches its backend."""
+
+    def deliver(self, data: bytes) -> None:
+        """Hand one encoded message (request or EVENT_AVAIL) to the backend."""
+
+    def close(self) -> None:
+        """Detach the backend."""
+
+
+@dataclass
+class _Pending:
+    dev_num: int
+    msg_id: int
+    token: int
+    done: threading.Event = field(default_factory=threading.Event)
+    response: Message | None = None
+    error: TransportError | None = None
+
+
+@dataclass
+class DeviceEntry:
+    """One device number on the bus and what the driver side made of it."""
+
+    dev_num: int
+    transport: DriverTransport
+    driver: Driver | None = None
+    device_id: int = 0
+    error: str | None = None
+    """Why the device could not be probed or bound, or None."""
+
+    @property
+    def type_name(self) -> str:
+        """Short device type name ("rng", "blk", ...), or "id-N" if unknown."""
+        return C.DEVICE_TYPE_NAMES.get(self.device_id, f"id-{self.device_id}")
+
+
+class LoopbackBus:
+    """One loopback bus instance (see the module docstring)."""
+
+    def __init__(
+        self,
+        params: BusParams | None = None,
+        *,
+        size: int = DEFAULT_SIZE,
+        base: int = DEFAULT_BASE,
+        name: str = "loopback0",
+        drivers: dict[int, type[Driver]] | None = None,
+    ) -> None:
+        """Create the region, the pool and an empty device table."""
+        self.params = params or BusParams()
+        self.name = name
+        self.region = Region(size, base)
+        self.pool = DmaPool(self.region)
+        self.adapter = WireAdapter(self.params.profile, self.params.max_size)
+        self.drivers = DRIVERS if drivers is None else drivers
+        self.channel: Channel | None = None
+        self._lock = threading.Lock()
+        self._devices: dict[int, DeviceEntry] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._fifo: dict[int, deque[_Pending]] = {}
+        self._next_token = 1
+        self._events: deque[tuple[int, Message]] = deque()
+        self._dispatching = False
+        self.sent: Counter[str] = Counter()
+        """Messages the bus sent to the backend, by name."""
+        self.received: Counter[str] = Counter()
+        """Messages received from the backend, by name."""
+        self.dropped: Counter[str] = Counter()
+        """Messages dropped, by reason (malformed, unmatched-response, ...)."""
+        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.on_added: list[Callable[[DeviceEntry], None]] = []
+        self.on_removed: list[Callable[[DeviceEntry], None]] = []
+        self.closed = False
+
+    def __repr__(self) -> str:
+        """Name, profile and region."""
+        return (
+            f"<LoopbackBus {self.name} {self.params.profile.value} "
+            f"region={self.region.base:#x}+{self.region.size:#x} devices={len(self._devices)}>"
+        )
+
+    # --- backend attachment -----------------------------------------------------------
+
+    def attach(self, channel: Channel) -> None:
+        """Attach the backend channel (one per bus)."""
+        if self.channel is not None:
+            raise BusError(f"{self.name}: a backend is already attached")
+        self.channel = channel
+
+    def detach(self, channel: Channel) -> None:
+        """The backend went away: fail its requests and remove its devices."""
+        if self.channel is not channel:
+            return
+        self.channel = None
+        for dev_num in list(self._devices):
+            self.remove_device(dev_num, reason="backend disconnected")
+
+    # --- device table -------------------------------------------------------------------
+
+    def devices(self) -> list[DeviceEntry]:
+        """The devices present, by number."""
+        with self._lock:
+            return [self._devices[k] for k in sorted(self._devices)]
+
+    def device(self, dev_num: int) -> DeviceEntry | None:
+        """The entry for ``dev_num``, if present."""
+        with self._lock:
+            return self._devices.get(dev_num)
+
+    def add_device(self, dev_num: int) -> DeviceEntry:
+        """ADD: make ``dev_num`` present and probe it (the backend must keep serving).
+
+        Raises BusError if the number is outside 16 bits or already present.  A
+        probe failure does not undo the ADD: the entry records the error and
+        stays until REMOVE, so the failure is visible.
+        """
+        if isinstance(dev_num, bool) or not isinstance(dev_num, int) or not 0 <= dev_num <= 0xFFFF:
+            raise BusError(f"device number {dev_num!r} is outside 0..65535")
+        transport = DriverTransport(
+            dev_num, self.params, self._requester(dev_num), self._send_event, self.pool
+        )
+        entry = DeviceEntry(dev_num, transport)
+        with self._lock:
+            if self.closed:
+                raise BusError(f"{self.name} is closed")
+            if dev_num in self._devices:
+                raise BusError(f"device {dev_num} is already present on {self.name}")
+            self._devices[dev_num] = entry
+            self._fifo[dev_num] = deque()
+        self._probe(entry)  # outside the lock: the probe's requests need the bus
+        for cb in self.on_added:
+            cb(entry)
+        return entry
+
+    def _probe(self, entry: DeviceEntry) -> None:
+        try:
+            info = entry.transport.get_device_info()
+            entry.device_id = info.device_id
+            cls = self.drivers.get(info.device_id)
+            if cls is None:
+                entry.error = f"no driver for device type {info.device_id}"
+                return
+            driver = cls(entry.transport)
+            driver.probe()
+            entry.driver = driver
+        except VirtioMsgError as exc:
+            entry.error = str(exc)
+            log.warning("%s: device %d probe failed: %s", self.name, entry.dev_num, exc)
+            if not entry.transport.removed:
+                entry.transport.fail()
+
+    def remove_device(self, dev_num: int, *, reason: str = "removed by the backend") -> None:
+        """REMOVE: fail in-flight requests, tear the driver down, free everything."""
+        with self._lock:
+            entry = self._devices.pop(dev_num, None)
+            if entry is None:
+                raise BusError(f"device {dev_num} is not present on {self.name}")
+            failed = [p for p in self._pending.values() if p.dev_num == dev_num]
+            for p in failed:
+                del self._pending[p.token]
+            failed.extend(self._fifo.pop(dev_num, ()))
+        entry.transport.mark_removed()
+        for p in failed:
+            p.error = TransportError("removed", f"device {dev_num} {reason}")
+            p.done.set()
+        if entry.driver is not None:
+            try:
+                entry.driver.remove()
+            except Exception:
+                log.exception("%s: driver of device %d failed in remove", self.name, dev_num)
+        entry.transport.del_vqs()  # frees rings and buffers; no I/O once removed
+        for cb in self.on_removed:
+            cb(entry)
+
+    # --- driver-side requests -------------------------------------------------------------
+
+    def _requester(self, dev_num: int) -> Callable[[Message], Message]:
+        def request(msg: Message) -> Message:
+            return self._request(dev_num, msg)
+
+        return request
+
+    def _alloc_token(self) -> int:
+        for _ in range(0x10000):
+            token = self._next_token
+            self._next_token = token % 0xFFFF + 1  # 1..65535; 0 is for events
+            if token not in self._pending:
+                return token
+        raise TransportError("busy", f"{self.name}: 65535 requests in flight")
+
+    def _request(self, dev_num: int, msg: Message) -> Message:
+        channel = self.channel
+        with self._lock:
+            if dev_num not in self._devices:
+                raise TransportError("unroutable", f"device {dev_num} is not on {self.name}")
+            if channel is None:
+                raise TransportError("disconnected", f"{self.name}: no backend attached")
+            token = self._alloc_token() if not self.adapter.rfc1 else 0
+            pend = _Pending(dev_num, _msg_id(msg), token)
+            if self.adapter.rfc1:
+                self._fifo[dev_num].append(pend)
+            else:
+                self._pending[token] = pend
+        try:
+            data = self.adapter.encode(msg._replace(token=token))
+        except EncodeError as exc:
+            self._forget(pend)
+            raise TransportError("oversize", f"cannot send {type(msg).__name__}: {exc}") from exc
+        self.sent[label(msg)] += 1
+        t0 = time.perf_counter()
+        try:
+            channel.deliver(data)
+        except VirtioMsgError as exc:
+            self._forget(pend)
+            raise TransportError("disconnected", f"{self.name}: delivery failed: {exc}") from exc
+        if not pend.done.wait(self.params.timeout_ms / 1000):
+            self._forget(pend)  # a late response is now unmatched and gets dropped
+            if not pend.done.is_set():
+                raise TransportError(
+                    "timeout",
+                    f"device {dev_num}: no response to {type(msg).__name__} within "
+                    f"{self.params.timeout_ms} ms",
+                )
+        self.latencies.append(time.perf_counter() - t0)
+        if pend.error is not None:
+            raise pend.error
+        if pend.response is None:  # pragma: no cover - completion always sets one of them
+            raise TransportError("protocol", "request completed without a response")
+        return pend.response
+
+    def _forget(self, pend: _Pending) -> None:
+        with self._lock:
+            if self._pending.get(pend.token) is pend:
+                del self._pending[pend.token]
+            fifo = self._fifo.get(pend.dev_num)
+            if fifo is not None and pend in fifo:
+                fifo.remove(pend)
+
+    def _send_event(self, msg: Message) -> None:
+        channel = self.channel
+        if channel is None:
+            raise TransportError("disconnected", f"{self.name}: no backend attached")
+        data = self.adapter.encode(msg)
+        self.sent[label(msg)] += 1
+        try:
+            channel.deliver(data)
+        except VirtioMsgError as exc:
+            raise TransportError("disconnected", f"{self.name}: delivery failed: {exc}") from exc
+
+    # --- from the backend -------------------------------------------------------------------
+
+    def receive(self, data: bytes | bytearray | memoryview) -> None:
+        """Take one message from the backend: a response, an event or a bus message."""
+        try:
+            hdr = self.adapter.decode_header(data)
+        except MalformedMessage as exc:
+            self.dropped["malformed"] += 1
+            log.debug("%s: dropped malformed message: %s", self.name, exc)
+            return
+        if hdr.bus:
+            self._receive_bus(data)
+        elif hdr.response:
+            self._receive_response(hdr.dev_num, hdr.msg_id, hdr.token, data)
+        elif hdr.event:
+            self._receive_event(hdr.dev_num, data)
+        else:
+            self.dropped["request-from-backend"] += 1
+
+    def _receive_response(self, dev_num: int, msg_id: int, token: int, data: object) -> None:
+        with self._lock:
+            if self.adapter.rfc1:
+                fifo = self._fifo.get(dev_num)
+                pend = fifo[0] if fifo else None
+            else:
+                pend = self._pending.get(token)
+            if pend is None or pend.dev_num != dev_num or pend.msg_id != msg_id:
+                self.dropped["unmatched-response"] += 1
+                return
+            try:
+                msg = self.adapter.decode(data)  # type: ignore[arg-type]
+            except MalformedMessage as exc:
+                self.dropped["malformed"] += 1
+                log.debug("%s: malformed response from device %d: %s", self.name, dev_num, exc)
+                return  # discarded: the request times out (spec 5.10)
+            if self.adapter.rfc1:
+                self._fifo[dev_num].popleft()
+            else:
+                del self._pending[token]
+        self.received[label(msg)] += 1
+        pend.response = msg._replace(token=0)  # the driver never sees bus tokens
+        pend.done.set()
+
+    def _receive_event(self, dev_num: int, data: object) -> None:
+        try:
+            msg = self.adapter.decode(data)  # type: ignore[arg-type]
+        except MalformedMessage:
+            self.dropped["malformed"] += 1
+            return
+        if type(msg) not in (S.EventUsed, S.EventConfig):
+            self.dropped[f"unexpected:{type(msg).__name__}"] += 1
+            return
+        self.received[label(msg)] += 1
+        with self._lock:
+            if dev_num not in self._devices:
+                self.dropped["event-for-unknown-device"] += 1
+                return
+            self._events.append((dev_num, msg))
+            if self._dispatching:
+                return
+            self._dispatching = True
+        self._dispatch_events()
+
+    def _dispatch_events(self) -> None:
+        while True:
+            with self._lock:
+                if not self._events:
+                    self._dispatching = False
+                    return
+                dev_num, msg = self._events.popleft()
+                entry = self._devices.get(dev_num)
+            if entry is None:
+                continue
+            try:
+                entry.transport.deliver_event(msg)
+            except Exception:
+                log.exception("%s: event handler of device %d failed", self.name, dev_num)
+
+    def _receive_bus(self, data: object) -> None:
+        try:
+            msg = self.adapter.decode(data)  # type: ignore[arg-type]
+        except MalformedMessage:
+            self.dropped["malformed"] += 1
+            return
+        self.received[label(msg)] += 1
+        if type(msg) is S.EventDevice:
+            self._event_device(msg)
+        elif type(msg) is S.Ping:
+            self._reply_to_backend(S.PingResp(msg.data, token=msg.token))
+        elif type(msg) is S.GetDevices:
+            resp = self.get_devices(msg.offset, msg.count)
+            self._reply_to_backend(resp._replace(token=msg.token))
+        elif isinstance(msg, GenericMessage):
+            self.dropped["implementation-defined"] += 1  # the channel handles its own
+        else:
+            self.dropped[f"unexpected:{type(msg).__name__}"] += 1
+
+    def _event_device(self, msg: S.EventDevice) -> None:
+        """EVENT_DEVICE from the backend: ADDED probes, REMOVED tears down (idempotent)."""
+        try:
+            if msg.device_bus_state == C.DeviceBusState.ADDED:
+                if self.device(msg.device_number) is None:
+                    self.add_device(msg.device_number)
+            elif msg.device_bus_state == C.DeviceBusState.REMOVED:
+                if self.device(msg.device_number) is not None:
+                    self.remove_device(msg.device_number)
+            else:
+                self.dropped["event-device-unknown-state"] += 1
+        except BusError as exc:
+            log.warning("%s: EVENT_DEVICE: %s", self.name, exc)
+
+    def _reply_to_backend(self, msg: Message) -> None:
+        if self.channel is not None:
+            self.channel.deliver(self.adapter.encode(msg))
+            self.sent[label(msg)] += 1
+
+    # --- bus messages answered by the bus -------------------------------------------------
+
+    def get_devices(self, offset: int, count: int) -> S.GetDevicesResp:
+        """Answer GET_DEVICES for the window [offset, offset+count) (BUS-52..58)."""
+        room = self.params.max_size - self.params.header_size - 6
+        count = min(count, room * 8, 0x10000 - offset)
+        with self._lock:
+            present = sorted(self._devices)
+        bits = bytearray((count + 7) // 8)
+        for n in present:
+            if offset <= n < offset + count:
+                bits[(n - offset) // 8] |= 1 << ((n - offset) % 8)
+        later = [n for n in present if n >= offset + count]
+        next_offset = later[0] if later else 0
+        return S.GetDevicesResp(offset, next_offset, count, bytes(bits))
+
+    def ping(self, data: int) -> int:
+        """Answer PING: echo the 32-bit value (BUS-60)."""
+        return data & 0xFFFFFFFF
+
+    def discover(self) -> list[int]:
+        """Enumerate device numbers with the GET_DEVICES loop a driver would run."""
+        found: list[int] = []
+        offset, seen = 0, 0
+        while seen <= 0x10000:
+            resp = self.get_devices(offset, 0xFFFF)
+            found += [offset + i for i in range(resp.count) if resp.bitmap[i // 8] >> (i % 8) & 1]
+            seen += max(resp.count, 1)
+            if resp.next_offset == 0 or resp.next_offset <= offset:
+                break
+            offset = resp.next_offset
+        return sorted(set(found))
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Remove every device, detach the backend and release the region."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        for dev_num in list(self._devices):
+            with contextlib.suppress(BusError):  # removed concurrently
+                self.remove_device(dev_num, reason="bus closed")
+        if self.channel is not None:
+            channel, self.channel = self.channel, None
+            channel.close()
+        self.pool.close()
+        self.region.close()
+
+    def __enter__(self) -> LoopbackBus:
+        """Context manager: close on exit."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the bus."""
+        self.close()
+
+
+def _msg_id(msg: Message) -> int:
+    return _MSG_IDS[type(msg)]
+
+
+def label(msg: Message) -> str:
+    """The spec name of a message for statistics ("GET_CONFIG", "GET_CONFIG resp")."""
+    return _LABELS.get(type(msg), type(msg).__name__)
+
+
+_MSG_IDS: dict[type, int] = {lay.cls: lay.msg_id for lay in WireAdapter().codec.layouts()}
+_LABELS: dict[type, str] = {
+    lay.cls: lay.name + (" resp" if lay.response else "")
+    for lay in WireAdapter().codec.layouts()
+}
+
+__all__ = ["DEFAULT_BASE", "DEFAULT_SIZE", "Channel", "DeviceEntry", "LoopbackBus"]

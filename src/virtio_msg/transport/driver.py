@@ -1,0 +1,312 @@
+"""Driver-side transport: the blocking config-ops API device drivers use.
+
+:class:`DriverTransport` runs the sans-I/O :class:`~virtio_msg.transport.engine.DriverEngine`
+procedures against a bus.  Its methods mirror Linux's ``virtio_config_ops``
+(get/set config with generation, status, reset, features, find/del vqs,
+notify), so a driver written against it never sees a message.
+
+Failure is sticky (STYLE 4): a request that does not complete in time raises
+:class:`~virtio_msg.errors.TransportError`, the device is marked broken for its
+driver and every later call raises :class:`~virtio_msg.errors.DeviceBroken`
+until :meth:`DriverTransport.reset` succeeds (DRV-15: recovery goes through
+reset).  Other devices are never affected.
+
+Requests to one device are serialised by a lock (the device processes them in
+order anyway); events arrive through :meth:`DriverTransport.deliver_event`
+from the bus, on whatever thread the bus dispatches them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import virtio_msg.spec as C
+from virtio_msg.errors import DeviceBroken, TransportError, VirtioMsgError
+from virtio_msg.transport.engine import Delay, DeviceInfo, DriverEngine, Proc, VqueueInfo
+from virtio_msg.transport.params import BusParams
+from virtio_msg.virtqueue import DriverQueue
+from virtio_msg.wire import Message
+from virtio_msg.wire import spec as S
+
+if TYPE_CHECKING:
+    from virtio_msg.memory import DmaPool
+
+T = TypeVar("T")
+
+Requester = Callable[[Message], Message]
+"""Sends one request and returns its response, or raises TransportError."""
+EventSender = Callable[[Message], None]
+"""Sends one event (EVENT_AVAIL); never waits for an answer."""
+
+DEFAULT_QUEUE_SIZE = 256
+"""Queue size a driver asks for when the device allows it (the pool is small)."""
+MAX_RESET_DELAY = 0.1
+"""Upper bound on one sleep between reset polls, seconds."""
+
+
+class DriverTransport:
+    """One device as its driver sees it: config ops and virtqueues over a bus."""
+
+    def __init__(
+        self,
+        dev_num: int,
+        params: BusParams,
+        request: Requester,
+        send_event: EventSender,
+        pool: DmaPool,
+    ) -> None:
+        """Bind device ``dev_num`` to the bus's request and event paths and its pool."""
+        self.engine = DriverEngine(dev_num, params)
+        self.params = params
+        self.pool = pool
+        self._request = request
+        self._send_event = send_event
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._events_seen = 0
+        self.broken: str | None = None
+        """Why the device is unusable, or None."""
+        self.removed = False
+        self.queues: dict[int, DriverQueue] = {}
+        self._callbacks: dict[int, Callable[[DriverQueue], None]] = {}
+        self.config_changed: Callable[[], None] | None = None
+        """Called (on the bus's event thread) after an EVENT_CONFIG."""
+
+    @property
+    def dev_num(self) -> int:
+        """The device number on the bus."""
+        return self.engine.dev_num
+
+    @property
+    def info(self) -> DeviceInfo | None:
+        """GET_DEVICE_INFO's answer, once asked."""
+        return self.engine.info
+
+    @property
+    def negotiated_features(self) -> int:
+        """Features accepted at FEATURES_OK."""
+        return self.engine.negotiated_features
+
+    def has_feature(self, bit: int) -> bool:
+        """True if feature bit ``bit`` was negotiated."""
+        return bool(self.engine.negotiated_features >> bit & 1)
+
+    # --- running procedures -------------------------------------------------------
+
+    def _run(self, proc: Proc[T], *, recovering: bool = False) -> T:
+        with self._lock:
+            if self.removed:
+                raise TransportError("removed", f"device {self.dev_num} was removed")
+            if self.broken and not recovering:
+                raise DeviceBroken(f"device {self.dev_num} is broken: {self.broken}")
+            try:
+                req = next(proc)
+                while True:
+                    if isinstance(req, Delay):
+                        time.sleep(min(req.seconds, MAX_RESET_DELAY))
+                        req = proc.send(None)
+                    else:
+                        req = proc.send(self._request(req))
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            except TransportError as exc:
+                if exc.kind != "features":
+                    self.broken = str(exc)
+                raise
+
+    # --- config ops ------------------------------------------------------------------
+
+    def get_device_info(self) -> DeviceInfo:
+        """GET_DEVICE_INFO (cached after the first call)."""
+        if self.engine.info is not None:
+            return self.engine.info
+        return self._run(self.engine.get_device_info())
+
+    def get_status(self) -> int:
+        """Current device status."""
+        return self._run(self.engine.get_status())
+
+    def set_status(self, status: int) -> int:
+        """Write the device status; returns what the device reports."""
+        return self._run(self.engine.set_status(status))
+
+    def add_status(self, bits: int) -> int:
+        """OR ``bits`` into the status (the core's get+set pattern, one message here)."""
+        return self._run(self.engine.set_status(self.engine.status | bits))
+
+    def reset(self) -> None:
+        """Reset the device and wait (bounded) for it; clears a broken mark on success."""
+        self._detach_queues()
+        self._run(self.engine.reset(), recovering=True)
+        self.broken = None
+
+    def initialize(self) -> int:
+        """Start the init sequence: info, reset, ACKNOWLEDGE, DRIVER; return offered features."""
+        self.get_device_info()
+        self.reset()
+        self.set_status(C.Status.ACKNOWLEDGE)
+        self.add_status(C.Status.DRIVER)
+        return self._run(self.engine.read_features())
+
+    def finalize_features(self, features: int) -> int:
+        """Select features and set FEATURES_OK (raises FeaturesRefused if refused)."""
+        return self._run(self.engine.write_features(features))
+
+    def driver_ok(self) -> None:
+        """Set DRIVER_OK (after all queues are set up, DRV-31)."""
+        status = self.add_status(C.Status.DRIVER_OK)
+        if not status & C.Status.DRIVER_OK:
+            self.broken = f"device refused DRIVER_OK (status {status:#x})"
+            raise DeviceBroken(f"device {self.dev_num}: {self.broken}")
+
+    def fail(self) -> None:
+        """Set FAILED after a driver-side initialization error (best effort)."""
+        with contextlib.suppress(VirtioMsgError):
+            self.add_status(C.Status.FAILED)
+
+    def get_config(self, offset: int, length: int) -> bytes:
+        """Read config bytes (chunked, consistent across chunks)."""
+        return self._run(self.engine.config_read(offset, length))
+
+    def set_config(self, offset: int, data: bytes) -> bool:
+        """Write config bytes; False if the device did not apply them."""
+        return self._run(self.engine.config_write(offset, data))
+
+    def generation(self) -> int:
+        """The config generation counter."""
+        return self._run(self.engine.read_generation())
+
+    def get_shm(self, shmid: int) -> tuple[int, int]:
+        """(address, length) of shared memory region ``shmid``; length 0 = none."""
+        return self._run(self.engine.get_shm(shmid))
+
+    def get_vqueue(self, index: int) -> VqueueInfo:
+        """GET_VQUEUE."""
+        return self._run(self.engine.get_vqueue(index))
+
+    # --- virtqueues -------------------------------------------------------------------
+
+    def find_vqs(
+        self,
+        count: int,
+        callbacks: list[Callable[[DriverQueue], None] | None] | None = None,
+        *,
+        size: int = DEFAULT_QUEUE_SIZE,
+    ) -> list[DriverQueue]:
+        """Allocate rings in the pool and set up queues 0..count-1 (confirmed)."""
+        made: list[DriverQueue] = []
+        try:
+            for i in range(count):
+                info = self.get_vqueue(i)
+                if info.max_size == 0:
+                    raise TransportError("queue", f"device {self.dev_num}: queue {i} unavailable")
+                qsize = min(size, info.max_size)
+                qsize = 1 << (qsize.bit_length() - 1)  # split rings: a power of two
+                vq = DriverQueue(self.pool, i, qsize, self.engine.negotiated_features)
+                made.append(vq)
+                self._run(
+                    self.engine.setup_vqueue(i, qsize, vq.desc_addr, vq.driver_addr,
+                                             vq.device_addr)
+                )
+                self.queues[i] = vq
+                cb = callbacks[i] if callbacks and i < len(callbacks) else None
+                if cb is not None:
+                    self._callbacks[i] = cb
+        except BaseException:
+            for vq in made:
+                self.queues.pop(vq.index, None)
+                self._callbacks.pop(vq.index, None)
+                vq.close()
+            raise
+        return made
+
+    def reset_vq(self, vq: DriverQueue) -> None:
+        """RESET_VQUEUE one queue (VIRTIO_F_RING_RESET) and free its rings."""
+        self._run(self.engine.reset_vqueue(vq.index))
+        self.queues.pop(vq.index, None)
+        self._callbacks.pop(vq.index, None)
+        vq.close()
+
+    def _detach_queues(self) -> None:
+        for vq in self.queues.values():
+            vq.close()
+        self.queues.clear()
+        self._callbacks.clear()
+
+    def del_vqs(self) -> None:
+        """Reset the device (quiescing every queue) and free all rings and buffers."""
+        try:
+            if not self.removed:
+                self.reset()
+        finally:
+            self._detach_queues()
+
+    def notify(self, vq: DriverQueue) -> bool:
+        """Publish added buffers; send EVENT_AVAIL if the device wants one.
+
+        Returns True if a notification was sent.  Raises if the device is gone.
+        """
+        if self.removed:
+            raise TransportError("removed", f"device {self.dev_num} was removed")
+        if self.broken:
+            raise DeviceBroken(f"device {self.dev_num} is broken: {self.broken}")
+        if not vq.kick_prepare() or self.params.polling_only:
+            return False
+        self._send_event(self.engine.event_avail(vq.index, vq.next_avail))
+        return True
+
+    # --- events and waiting --------------------------------------------------------------
+
+    def deliver_event(self, msg: Message) -> None:
+        """Called by the bus with an event for this device (EVENT_USED / EVENT_CONFIG)."""
+        ev = self.engine.accept_event(msg)
+        if ev is not None:
+            if type(ev) is S.EventUsed:
+                vq = self.queues.get(ev.vq_index)
+                cb = self._callbacks.get(ev.vq_index)
+                if vq is None:
+                    self.engine.discarded["event-used-unknown-queue"] += 1
+                elif cb is not None:
+                    cb(vq)
+            elif self.config_changed is not None:
+                self.config_changed()
+        with self._cond:
+            self._events_seen += 1
+            self._cond.notify_all()
+
+    def mark_removed(self) -> None:
+        """The bus removed the device: fail every later call and wake waiters."""
+        self.removed = True
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_until(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Wait (bounded) until ``predicate()`` is truthy; re-checked after every event.
+
+        Returns the predicate's value; raises TransportError("timeout") when the
+        bound passes, and TransportError("removed") if the device goes away.
+        """
+        limit = self.params.timeout_ms / 1000 if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        with self._cond:
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                if self.removed:
+                    raise TransportError("removed", f"device {self.dev_num} was removed")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransportError(
+                        "timeout", f"device {self.dev_num}: no completion within {limit:.3f} s"
+                    )
+                # Short slices: a device may complete without notifying (polling mode).
+                self._cond.wait(min(left, 0.05))
+
+
+__all__ = ["DEFAULT_QUEUE_SIZE", "DriverTransport", "EventSender", "Requester"]
