@@ -40,11 +40,11 @@ class InProcessChannel:
     def send(self, data: bytes) -> None:
         """Hand a response or event to the bus."""
         if self.connected:
-            self.bus.receive(data)
+            self.bus.receive(data, self)
 
     def add(self, dev_num: int) -> None:
         """ADD a device number on the bus."""
-        self.bus.add_device(dev_num)
+        self.bus.add_device(dev_num, self)
 
     def remove(self, dev_num: int) -> None:
         """REMOVE a device number from the bus."""

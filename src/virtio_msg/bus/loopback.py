@@ -2,7 +2,8 @@
 
 Theory of operation.  One :class:`LoopbackBus` instance owns a shared
 :class:`~virtio_msg.memory.Region` with its restricted :class:`~virtio_msg.memory.DmaPool`,
-a table of device numbers, and one backend channel.  The backend asks the bus
+a table of device numbers, and any number of backend channels, each serving its
+own device numbers.  A backend asks the bus
 to ADD a device number; the bus then probes it: a
 :class:`~virtio_msg.transport.driver.DriverTransport` sends GET_DEVICE_INFO and
 the driver registered for the device type initializes it.  Every driver
@@ -25,7 +26,9 @@ REMOVE change the table under the lock, then run the driver outside it.
 
 Channels are adapters: :class:`Channel` delivers bytes to a backend; the
 backend sends bytes back with :meth:`LoopbackBus.receive` and controls devices
-with :meth:`LoopbackBus.add_device` / :meth:`LoopbackBus.remove_device`.  The
+with :meth:`LoopbackBus.add_device` / :meth:`LoopbackBus.remove_device`.  A
+request goes to the channel that added its device; a response is accepted only
+from that channel, and a channel that detaches takes its devices with it.  The
 in-process channel calls the backend directly; the socket channel moves the
 same bytes over SOCK_SEQPACKET.
 """
@@ -93,6 +96,7 @@ class DeviceEntry:
 
     dev_num: int
     transport: DriverTransport
+    channel: Channel
     driver: Driver | None = None
     device_id: int = 0
     error: str | None = None
@@ -123,7 +127,7 @@ class LoopbackBus:
         self.pool = DmaPool(self.region)
         self.adapter = WireAdapter(self.params.profile, self.params.max_size)
         self.drivers = DRIVERS if drivers is None else drivers
-        self.channel: Channel | None = None
+        self.channels: list[Channel] = []
         self._lock = threading.Lock()
         self._devices: dict[int, DeviceEntry] = {}
         self._pending: dict[int, _Pending] = {}
@@ -152,18 +156,23 @@ class LoopbackBus:
     # --- backend attachment -----------------------------------------------------------
 
     def attach(self, channel: Channel) -> None:
-        """Attach the backend channel (one per bus)."""
-        if self.channel is not None:
-            raise BusError(f"{self.name}: a backend is already attached")
-        self.channel = channel
+        """Attach a backend channel; it may then ADD device numbers."""
+        with self._lock:
+            if self.closed:
+                raise BusError(f"{self.name} is closed")
+            if channel not in self.channels:
+                self.channels.append(channel)
 
-    def detach(self, channel: Channel) -> None:
-        """The backend went away: fail its requests and remove its devices."""
-        if self.channel is not channel:
-            return
-        self.channel = None
-        for dev_num in list(self._devices):
-            self.remove_device(dev_num, reason="backend disconnected")
+    def detach(self, channel: Channel, *, reason: str = "backend disconnected") -> None:
+        """A backend went away: fail its requests and remove its devices."""
+        with self._lock:
+            if channel not in self.channels:
+                return
+            self.channels.remove(channel)
+            mine = [n for n, e in self._devices.items() if e.channel is channel]
+        for dev_num in mine:
+            with contextlib.suppress(BusError):  # removed concurrently
+                self.remove_device(dev_num, reason=reason)
 
     # --- device table -------------------------------------------------------------------
 
@@ -177,8 +186,11 @@ class LoopbackBus:
         with self._lock:
             return self._devices.get(dev_num)
 
-    def add_device(self, dev_num: int) -> DeviceEntry:
-        """ADD: make ``dev_num`` present and probe it (the backend must keep serving).
+    def add_device(self, dev_num: int, channel: Channel) -> DeviceEntry:
+        """ADD: make ``dev_num`` present, served by ``channel``, and probe it.
+
+        The backend must keep serving while this runs: the probe's requests
+        reach it before ADD returns (the seed's ordering trap).
 
         Raises BusError if the number is outside 16 bits or already present.  A
         probe failure does not undo the ADD: the entry records the error and
@@ -187,12 +199,14 @@ class LoopbackBus:
         if isinstance(dev_num, bool) or not isinstance(dev_num, int) or not 0 <= dev_num <= 0xFFFF:
             raise BusError(f"device number {dev_num!r} is outside 0..65535")
         transport = DriverTransport(
-            dev_num, self.params, self._requester(dev_num), self._send_event, self.pool
+            dev_num, self.params, self._requester(dev_num), self._event_sender(dev_num), self.pool
         )
-        entry = DeviceEntry(dev_num, transport)
+        entry = DeviceEntry(dev_num, transport, channel)
         with self._lock:
             if self.closed:
                 raise BusError(f"{self.name} is closed")
+            if channel not in self.channels:
+                raise BusError(f"{self.name}: ADD from a channel that is not attached")
             if dev_num in self._devices:
                 raise BusError(f"device {dev_num} is already present on {self.name}")
             self._devices[dev_num] = entry
@@ -259,12 +273,11 @@ class LoopbackBus:
         raise TransportError("busy", f"{self.name}: 65535 requests in flight")
 
     def _request(self, dev_num: int, msg: Message) -> Message:
-        channel = self.channel
         with self._lock:
-            if dev_num not in self._devices:
+            entry = self._devices.get(dev_num)
+            if entry is None:  # BUS-06: a transport-visible failure, not a hang
                 raise TransportError("unroutable", f"device {dev_num} is not on {self.name}")
-            if channel is None:
-                raise TransportError("disconnected", f"{self.name}: no backend attached")
+            channel = entry.channel
             token = self._alloc_token() if not self.adapter.rfc1 else 0
             pend = _Pending(dev_num, _msg_id(msg), token)
             if self.adapter.rfc1:
@@ -306,21 +319,27 @@ class LoopbackBus:
             if fifo is not None and pend in fifo:
                 fifo.remove(pend)
 
-    def _send_event(self, msg: Message) -> None:
-        channel = self.channel
-        if channel is None:
-            raise TransportError("disconnected", f"{self.name}: no backend attached")
-        data = self.adapter.encode(msg)
-        self.sent[label(msg)] += 1
-        try:
-            channel.deliver(data)
-        except VirtioMsgError as exc:
-            raise TransportError("disconnected", f"{self.name}: delivery failed: {exc}") from exc
+    def _event_sender(self, dev_num: int) -> Callable[[Message], None]:
+        def send_event(msg: Message) -> None:
+            with self._lock:
+                entry = self._devices.get(dev_num)
+            if entry is None:
+                raise TransportError("unroutable", f"device {dev_num} is not on {self.name}")
+            data = self.adapter.encode(msg)
+            self.sent[label(msg)] += 1
+            try:
+                entry.channel.deliver(data)
+            except VirtioMsgError as exc:
+                raise TransportError(
+                    "disconnected", f"{self.name}: delivery failed: {exc}"
+                ) from exc
+
+        return send_event
 
     # --- from the backend -------------------------------------------------------------------
 
-    def receive(self, data: bytes | bytearray | memoryview) -> None:
-        """Take one message from the backend: a response, an event or a bus message."""
+    def receive(self, data: bytes | bytearray | memoryview, channel: Channel) -> None:
+        """Take one message from a backend: a response, an event or a bus message."""
         try:
             hdr = self.adapter.decode_header(data)
         except MalformedMessage as exc:
@@ -328,16 +347,22 @@ class LoopbackBus:
             log.debug("%s: dropped malformed message: %s", self.name, exc)
             return
         if hdr.bus:
-            self._receive_bus(data)
+            self._receive_bus(data, channel)
         elif hdr.response:
-            self._receive_response(hdr.dev_num, hdr.msg_id, hdr.token, data)
+            self._receive_response(hdr.dev_num, hdr.msg_id, hdr.token, data, channel)
         elif hdr.event:
-            self._receive_event(hdr.dev_num, data)
+            self._receive_event(hdr.dev_num, data, channel)
         else:
             self.dropped["request-from-backend"] += 1
 
-    def _receive_response(self, dev_num: int, msg_id: int, token: int, data: object) -> None:
+    def _receive_response(
+        self, dev_num: int, msg_id: int, token: int, data: object, channel: Channel
+    ) -> None:
         with self._lock:
+            entry = self._devices.get(dev_num)
+            if entry is None or entry.channel is not channel:
+                self.dropped["response-not-from-owner"] += 1
+                return
             if self.adapter.rfc1:
                 fifo = self._fifo.get(dev_num)
                 pend = fifo[0] if fifo else None
@@ -360,7 +385,7 @@ class LoopbackBus:
         pend.response = msg._replace(token=0)  # the driver never sees bus tokens
         pend.done.set()
 
-    def _receive_event(self, dev_num: int, data: object) -> None:
+    def _receive_event(self, dev_num: int, data: object, channel: Channel) -> None:
         try:
             msg = self.adapter.decode(data)  # type: ignore[arg-type]
         except MalformedMessage:
@@ -371,8 +396,9 @@ class LoopbackBus:
             return
         self.received[label(msg)] += 1
         with self._lock:
-            if dev_num not in self._devices:
-                self.dropped["event-for-unknown-device"] += 1
+            entry = self._devices.get(dev_num)
+            if entry is None or entry.channel is not channel:
+                self.dropped["event-not-from-owner"] += 1
                 return
             self._events.append((dev_num, msg))
             if self._dispatching:
@@ -395,7 +421,7 @@ class LoopbackBus:
             except Exception:
                 log.exception("%s: event handler of device %d failed", self.name, dev_num)
 
-    def _receive_bus(self, data: object) -> None:
+    def _receive_bus(self, data: object, channel: Channel) -> None:
         try:
             msg = self.adapter.decode(data)  # type: ignore[arg-type]
         except MalformedMessage:
@@ -403,35 +429,35 @@ class LoopbackBus:
             return
         self.received[label(msg)] += 1
         if type(msg) is S.EventDevice:
-            self._event_device(msg)
+            self._event_device(msg, channel)
         elif type(msg) is S.Ping:
-            self._reply_to_backend(S.PingResp(msg.data, token=msg.token))
+            self._reply(channel, S.PingResp(msg.data, token=msg.token))
         elif type(msg) is S.GetDevices:
             resp = self.get_devices(msg.offset, msg.count)
-            self._reply_to_backend(resp._replace(token=msg.token))
+            self._reply(channel, resp._replace(token=msg.token))
         elif isinstance(msg, GenericMessage):
             self.dropped["implementation-defined"] += 1  # the channel handles its own
         else:
             self.dropped[f"unexpected:{type(msg).__name__}"] += 1
 
-    def _event_device(self, msg: S.EventDevice) -> None:
+    def _event_device(self, msg: S.EventDevice, channel: Channel) -> None:
         """EVENT_DEVICE from the backend: ADDED probes, REMOVED tears down (idempotent)."""
         try:
             if msg.device_bus_state == C.DeviceBusState.ADDED:
                 if self.device(msg.device_number) is None:
-                    self.add_device(msg.device_number)
+                    self.add_device(msg.device_number, channel)
             elif msg.device_bus_state == C.DeviceBusState.REMOVED:
-                if self.device(msg.device_number) is not None:
+                entry = self.device(msg.device_number)
+                if entry is not None and entry.channel is channel:
                     self.remove_device(msg.device_number)
             else:
                 self.dropped["event-device-unknown-state"] += 1
         except BusError as exc:
             log.warning("%s: EVENT_DEVICE: %s", self.name, exc)
 
-    def _reply_to_backend(self, msg: Message) -> None:
-        if self.channel is not None:
-            self.channel.deliver(self.adapter.encode(msg))
-            self.sent[label(msg)] += 1
+    def _reply(self, channel: Channel, msg: Message) -> None:
+        channel.deliver(self.adapter.encode(msg))
+        self.sent[label(msg)] += 1
 
     # --- bus messages answered by the bus -------------------------------------------------
 
@@ -477,8 +503,9 @@ class LoopbackBus:
         for dev_num in list(self._devices):
             with contextlib.suppress(BusError):  # removed concurrently
                 self.remove_device(dev_num, reason="bus closed")
-        if self.channel is not None:
-            channel, self.channel = self.channel, None
+        with self._lock:
+            channels, self.channels = self.channels, []
+        for channel in channels:
             channel.close()
         self.pool.close()
         self.region.close()

@@ -73,6 +73,7 @@ class Layout:
         "nfixed",
         "payload_fields",
         "response",
+        "sized_bytes",
         "tail",
         "type_bits",
     )
@@ -102,6 +103,11 @@ class Layout:
         self.count_field = count_field
         self.json_names = json_names
         self.fixed = struct.Struct(fmt)
+        codes = _split_codes(fmt)
+        self.sized_bytes = tuple(
+            (i, int(code[:-1])) for i, code in enumerate(codes) if code.endswith("s")
+        )
+        """Fixed byte-string fields as (position, exact size): struct would pad or cut."""
         fields: tuple[str, ...] = cls._fields
         if fields[-2:] != ("dev_num", "token"):
             raise TypeError(f"{cls.__name__}: last fields must be dev_num, token")
@@ -189,6 +195,12 @@ class Layout:
     def encode_payload(self, msg: tuple[Any, ...]) -> bytes:
         """Encode the payload of ``msg`` (validated, never a raw struct.error)."""
         nfixed = self.nfixed
+        for pos, size in self.sized_bytes:
+            value = msg[pos]
+            if not isinstance(value, (bytes, bytearray)) or len(value) != size:
+                raise EncodeError(
+                    f"{self.name}: field {self.payload_fields[pos]} must be exactly {size} bytes"
+                )
         try:
             fixed = self.fixed.pack(*msg[:nfixed])
         except (struct.error, TypeError) as exc:
@@ -225,21 +237,27 @@ class Layout:
 
     def _field_problem(self, msg: tuple[Any, ...]) -> str:
         """Name the first fixed field that does not pack on its own."""
-        codes = self.fmt.lstrip("<")
-        singles: list[str] = []
-        i = 0
-        while i < len(codes):
-            j = i
-            while codes[j].isdigit():
-                j += 1
-            singles.append(codes[i : j + 1])
-            i = j + 1
-        for name, code, value in zip(self.payload_fields, singles, msg, strict=False):
+        for name, code, value in zip(
+            self.payload_fields, _split_codes(self.fmt), msg, strict=False
+        ):
             try:
                 struct.pack("<" + code, value)
             except (struct.error, TypeError):
                 return f"field {name}={value!r} does not fit {code!r}"
         return "fields do not fit"
+
+
+def _split_codes(fmt: str) -> list[str]:
+    """Split a struct format into one code per field ("<II16s" -> ["I", "I", "16s"])."""
+    codes: list[str] = []
+    digits = ""
+    for ch in fmt.lstrip("<"):
+        if ch.isdigit():
+            digits += ch
+        else:
+            codes.append(digits + ch)
+            digits = ""
+    return codes
 
 
 def build_registry(layouts: Sequence[Layout]) -> tuple[dict[int, Layout], dict[type, Layout]]:
