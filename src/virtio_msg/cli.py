@@ -175,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_codec_args(p)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument(
-        "--timeout-ms", type=int, default=5000, metavar="MS",
+        "--timeout-ms",
+        type=int,
+        default=5000,
+        metavar="MS",
         help="per-request timeout in milliseconds (default 5000)",
     )
     p.set_defaults(func=cmd_run)

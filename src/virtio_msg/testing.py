@@ -8,6 +8,7 @@ in-process backend.  Users test their own device models the same way.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -45,8 +46,12 @@ class EnginePair:
         self.events: list[Message] = []
         self.trace: list[tuple[str, Message]] = []
         self.device = DeviceTransport(
-            self.model, self.region, dev_num=self.dev_num, params=self.params,
-            emit=self._emit, async_reset_polls=self.async_reset_polls,
+            self.model,
+            self.region,
+            dev_num=self.dev_num,
+            params=self.params,
+            emit=self._emit,
+            async_reset_polls=self.async_reset_polls,
         )
         self.driver = DriverEngine(self.dev_num, self.params)
 
@@ -90,6 +95,61 @@ class EnginePair:
         self.region.close()
 
 
+class GatedChannel:
+    """An in-process channel that can hold messages instead of delivering them.
+
+    While ``hold`` is set, messages from the bus are kept in ``held``; the test
+    decides when (or whether) the backend sees them, so it can make a backend
+    that never answers, answers late, or answers twice.
+    """
+
+    def __init__(self, bus: LoopbackBus, backend: Backend) -> None:
+        """Attach ``backend`` to ``bus`` through this channel."""
+        self.bus = bus
+        self.backend = backend
+        self.hold = False
+        self.held: list[bytes] = []
+        self.delivered: list[bytes] = []
+        self.responses: list[bytes] = []
+        self.lock = threading.Lock()
+        bus.attach(self)
+        backend.attach(self)
+
+    def deliver(self, data: bytes) -> None:
+        """Bus to backend: deliver now, or keep while ``hold`` is set."""
+        with self.lock:
+            if self.hold:
+                self.held.append(data)
+                return
+        self.delivered.append(data)
+        self.backend.deliver(data)
+
+    def release(self) -> None:
+        """Deliver every held message now (a late backend) and stop holding."""
+        with self.lock:
+            held, self.held = self.held, []
+            self.hold = False
+        for data in held:
+            self.deliver(data)
+
+    def close(self) -> None:
+        """Detach from the bus."""
+        self.bus.detach(self)
+
+    def send(self, data: bytes) -> None:
+        """Backend to bus: pass a response or event on (and record it)."""
+        self.responses.append(data)
+        self.bus.receive(data, self)
+
+    def add(self, dev_num: int) -> None:
+        """ADD a device number."""
+        self.bus.add_device(dev_num, self)
+
+    def remove(self, dev_num: int) -> None:
+        """REMOVE a device number."""
+        self.bus.remove_device(dev_num)
+
+
 def make_bus(
     params: BusParams | None = None, *, size: int = 1 << 20, backend_view: str = "shared"
 ) -> tuple[LoopbackBus, Backend, InProcessChannel]:
@@ -97,4 +157,4 @@ def make_bus(
     return loopback_pair(LoopbackBus(params, size=size), backend_view=backend_view)
 
 
-__all__ = ["EnginePair", "make_bus"]
+__all__ = ["EnginePair", "GatedChannel", "make_bus"]

@@ -61,8 +61,12 @@ class Backend:
         if dev_num in self.devices:
             raise ValueError(f"device {dev_num} is already served by this backend")
         transport = DeviceTransport(
-            model, self.region, dev_num=dev_num, params=self.params,
-            emit=self._emitter(), async_reset_polls=async_reset_polls,
+            model,
+            self.region,
+            dev_num=dev_num,
+            params=self.params,
+            emit=self._emitter(),
+            async_reset_polls=async_reset_polls,
         )
         self.devices[dev_num] = transport
         if add:

@@ -530,8 +530,7 @@ def label(msg: Message) -> str:
 
 _MSG_IDS: dict[type, int] = {lay.cls: lay.msg_id for lay in WireAdapter().codec.layouts()}
 _LABELS: dict[type, str] = {
-    lay.cls: lay.name + (" resp" if lay.response else "")
-    for lay in WireAdapter().codec.layouts()
+    lay.cls: lay.name + (" resp" if lay.response else "") for lay in WireAdapter().codec.layouts()
 }
 
 __all__ = ["DEFAULT_BASE", "DEFAULT_SIZE", "Channel", "DeviceEntry", "LoopbackBus"]

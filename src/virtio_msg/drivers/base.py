@@ -16,9 +16,7 @@ from virtio_msg.transport.device import REQUIRED_FEATURES
 from virtio_msg.transport.driver import DriverTransport
 
 TRANSPORT_FEATURES = (
-    (1 << C.VIRTIO_F_INDIRECT_DESC)
-    | (1 << C.VIRTIO_F_EVENT_IDX)
-    | (1 << C.VIRTIO_F_RING_RESET)
+    (1 << C.VIRTIO_F_INDIRECT_DESC) | (1 << C.VIRTIO_F_EVENT_IDX) | (1 << C.VIRTIO_F_RING_RESET)
 )
 """Transport-level features every driver here can use."""
 

@@ -34,6 +34,7 @@ class RngDriver(Driver):
         return bytes(out)
 
     def _request(self, size: int) -> bytes:
+        self.transport.check()
         vq: DriverQueue = self.vq
         token = object()
         vq.add((), (size,), token)

@@ -229,6 +229,7 @@ class DeviceTransport:
         self.generation = 1
         self.negotiated_features = 0
         self._driver_features: dict[int, int] = {}
+        self._selected_beyond = False
         self._queues = [_Queue(m) for m in model.queue_max_sizes]
         self._reset_pending = 0
         self._lock = threading.RLock()
@@ -292,7 +293,7 @@ class DeviceTransport:
 
     def _device_info(self, msg: S.GetDeviceInfo) -> Message:
         m = self.model
-        blocks = max(2, (m.offered_features.bit_length() + 31) // 32)
+        blocks = self._feature_blocks()
         return S.GetDeviceInfoResp(
             m.device_id, m.vendor_id, m.uuid, blocks, len(m.config), m.num_queues, 0, 0
         )
@@ -309,9 +310,19 @@ class DeviceTransport:
     def _set_features(self, msg: S.SetDriverFeatures) -> Message:
         # Open question 7: ignored once FEATURES_OK was accepted.
         if not self.status & C.Status.FEATURES_OK:
+            blocks = self._feature_blocks()
             for i, word in enumerate(msg.features):
-                self._driver_features[msg.block_index + i] = word
+                index = msg.block_index + i
+                if index < blocks:
+                    self._driver_features[index] = word
+                elif word:
+                    # A bit beyond every offered block: remembered as a flag, never
+                    # as a number (block 2**32-1 would be a 17 GB integer).
+                    self._selected_beyond = True
         return S.SetDriverFeaturesResp()
+
+    def _feature_blocks(self) -> int:
+        return max(2, (self.model.offered_features.bit_length() + 31) // 32)
 
     def _driver_selected(self) -> int:
         return sum(word << (32 * i) for i, word in self._driver_features.items())
@@ -354,7 +365,8 @@ class DeviceTransport:
         new = msg.status & 0xFF  # open question 15: upper 24 bits ignored
         if new == 0:
             if self.status == 0 and not self._reset_pending:
-                return S.SetDeviceStatusResp(0)  # open question 17
+                self._finish_reset()  # nothing to wait for, but state still resets
+                return S.SetDeviceStatusResp(0)  # open question 17: reply 0 at once
             self._begin_reset()
             return S.SetDeviceStatusResp(self.status)
         if self._reset_pending:
@@ -375,6 +387,9 @@ class DeviceTransport:
     def _accept_features(self) -> bool:
         selected = self._driver_selected()
         offered = self.model.offered_features
+        if self._selected_beyond:
+            self.last_error = "driver selected features beyond the offered feature blocks"
+            return False
         if selected & ~offered:
             self.last_error = f"driver selected features not offered: {selected & ~offered:#x}"
             return False
@@ -417,11 +432,19 @@ class DeviceTransport:
         enable = op == C.VQ_OP_ENABLE or (op == C.VQ_OP_KEEP and q.enabled)
         if enable and (size == 0 or size & (size - 1)):
             return  # split rings need a non-zero power-of-two size
+        live = q.live
+        if enable and not q.enabled and self.status & C.Status.FEATURES_OK:
+            # Features are known: validate the rings now, so that a bad SET_VQUEUE
+            # is a silent no-op (open question 13) the driver sees in GET_VQUEUE.
+            try:
+                live = self._new_queue(size, desc, driver, device, q.max_size)
+            except VirtioMsgError as exc:
+                self.last_error = f"SET_VQUEUE {msg.index} refused: {exc}"
+                return
         q.size, q.desc, q.driver, q.device = size, desc, driver, device
         if enable and not q.enabled:
             q.enabled = True
-            if self.status & C.Status.DRIVER_OK:
-                self._make_live(msg.index, q)
+            q.live = live
 
     def _reset_vqueue(self, msg: S.ResetVqueue) -> Message:
         q = self._queue(msg.index)
@@ -455,19 +478,28 @@ class DeviceTransport:
     def live_queue(self, index: int) -> DeviceQueue | None:
         """The validated device-side queue ``index`` (after DRIVER_OK), or None."""
         q = self._queue(index)
-        return q.live if q is not None else None
+        if q is None or not self.status & C.Status.DRIVER_OK:
+            return None
+        return q.live
 
-    def _make_live(self, index: int, q: _Queue) -> None:
-        q.live = DeviceQueue.create(
-            self.region, q.size, q.desc, q.driver, q.device,
-            features=self.negotiated_features, max_size=q.max_size,
+    def _new_queue(
+        self, size: int, desc: int, driver: int, device: int, max_size: int
+    ) -> DeviceQueue:
+        return DeviceQueue.create(
+            self.region,
+            size,
+            desc,
+            driver,
+            device,
+            features=self.negotiated_features,
+            max_size=max_size,
         )
 
     def _driver_ok(self) -> None:
         try:
-            for i, q in enumerate(self._queues):
-                if q.enabled and q.live is None:
-                    self._make_live(i, q)
+            for q in self._queues:
+                if q.enabled and q.live is None:  # enabled before FEATURES_OK
+                    q.live = self._new_queue(q.size, q.desc, q.driver, q.device, q.max_size)
         except VirtioMsgError as exc:
             self._fail_locked(f"queue setup: {exc}")
             return
@@ -521,7 +553,11 @@ class DeviceTransport:
             payload = bytes(data) if len(data) <= room else b""
             self._event(
                 S.EventConfig(
-                    self.status, self.generation, offset, len(data), payload,
+                    self.status,
+                    self.generation,
+                    offset,
+                    len(data),
+                    payload,
                     dev_num=self.dev_num,
                 )
             )
@@ -554,6 +590,7 @@ class DeviceTransport:
         self.status = 0
         self.negotiated_features = 0
         self._driver_features.clear()
+        self._selected_beyond = False
         for q in self._queues:
             q.clear()
         self.last_error = None

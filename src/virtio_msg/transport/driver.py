@@ -210,8 +210,7 @@ class DriverTransport:
                 vq = DriverQueue(self.pool, i, qsize, self.engine.negotiated_features)
                 made.append(vq)
                 self._run(
-                    self.engine.setup_vqueue(i, qsize, vq.desc_addr, vq.driver_addr,
-                                             vq.device_addr)
+                    self.engine.setup_vqueue(i, qsize, vq.desc_addr, vq.driver_addr, vq.device_addr)
                 )
                 self.queues[i] = vq
                 cb = callbacks[i] if callbacks and i < len(callbacks) else None
@@ -233,10 +232,11 @@ class DriverTransport:
         vq.close()
 
     def _detach_queues(self) -> None:
-        for vq in self.queues.values():
-            vq.close()
-        self.queues.clear()
-        self._callbacks.clear()
+        with self._cond:  # never while a waiter is evaluating its predicate
+            for vq in self.queues.values():
+                vq.close()
+            self.queues.clear()
+            self._callbacks.clear()
 
     def del_vqs(self) -> None:
         """Reset the device (quiescing every queue) and free all rings and buffers."""
@@ -246,15 +246,19 @@ class DriverTransport:
         finally:
             self._detach_queues()
 
+    def check(self) -> None:
+        """Raise if the device cannot be used: removed, or broken until reset."""
+        if self.removed:
+            raise TransportError("removed", f"device {self.dev_num} was removed")
+        if self.broken:
+            raise DeviceBroken(f"device {self.dev_num} is broken: {self.broken}")
+
     def notify(self, vq: DriverQueue) -> bool:
         """Publish added buffers; send EVENT_AVAIL if the device wants one.
 
         Returns True if a notification was sent.  Raises if the device is gone.
         """
-        if self.removed:
-            raise TransportError("removed", f"device {self.dev_num} was removed")
-        if self.broken:
-            raise DeviceBroken(f"device {self.dev_num} is broken: {self.broken}")
+        self.check()
         if not vq.kick_prepare() or self.params.polling_only:
             return False
         self._send_event(self.engine.event_avail(vq.index, vq.next_avail))
@@ -295,11 +299,11 @@ class DriverTransport:
         deadline = time.monotonic() + limit
         with self._cond:
             while True:
+                if self.removed:
+                    raise TransportError("removed", f"device {self.dev_num} was removed")
                 value = predicate()
                 if value:
                     return value
-                if self.removed:
-                    raise TransportError("removed", f"device {self.dev_num} was removed")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TransportError(

@@ -159,8 +159,14 @@ class DriverEngine:
         if r.max_virtqueues > C.MAX_VIRTQUEUES:
             raise ProtocolViolation(f"max_virtqueues {r.max_virtqueues} exceeds 65536")
         self.info = DeviceInfo(
-            r.device_id, r.vendor_id, bytes(r.device_uuid), r.num_feature_blocks,
-            r.config_size, r.max_virtqueues, r.admin_vq_start, r.admin_vq_count,
+            r.device_id,
+            r.vendor_id,
+            bytes(r.device_uuid),
+            r.num_feature_blocks,
+            r.config_size,
+            r.max_virtqueues,
+            r.admin_vq_start,
+            r.admin_vq_count,
         )
         return self.info
 
@@ -318,8 +324,13 @@ class DriverEngine:
         if r.index != index:
             raise ProtocolViolation(f"GET_VQUEUE {index} answered for queue {r.index}")
         return VqueueInfo(
-            index, r.max_size, r.cur_size, bool(r.flags & C.VQ_ENABLED),
-            r.desc_addr, r.driver_addr, r.device_addr,
+            index,
+            r.max_size,
+            r.cur_size,
+            bool(r.flags & C.VQ_ENABLED),
+            r.desc_addr,
+            r.driver_addr,
+            r.device_addr,
         )
 
     def setup_vqueue(
@@ -339,8 +350,7 @@ class DriverEngine:
         )
         after = yield from self.get_vqueue(index)  # DRV-25/68
         want = (size, True, desc_addr, driver_addr, device_addr)
-        got = (after.cur_size, after.enabled, after.desc_addr, after.driver_addr,
-               after.device_addr)
+        got = (after.cur_size, after.enabled, after.desc_addr, after.driver_addr, after.device_addr)
         if got != want:
             raise QueueSetupFailed(
                 f"device {self.dev_num}: queue {index} not confirmed: wanted size/enabled/"

@@ -7,14 +7,13 @@ from this one immutable object (open question 23's ``BusParams``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import cast
+from dataclasses import dataclass
 
 import virtio_msg.spec as C
 from virtio_msg.wire import Profile, profile_limits
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class BusParams:
     """Parameters of one bus instance.
 
@@ -22,42 +21,65 @@ class BusParams:
     ``linux-rfc1``).  ``timeout_ms`` bounds every request.
     """
 
-    profile: Profile = Profile.SPEC
-    max_msg_size: int | None = None
-    transport_features: int = 0
-    revision: int = C.REVISION_1
-    timeout_ms: int = 5000
-    reset_poll_limit: int = 1000
+    profile: Profile
+    max_msg_size: int
+    transport_features: int
+    revision: int
+    timeout_ms: int
+    reset_poll_limit: int
     """How many GET_DEVICE_STATUS polls a driver makes waiting for a reset to finish."""
-    config_retries: int = 5
+    config_retries: int
     """How often a multi-chunk config read is retried while generations differ."""
-    polling_only: bool = field(default=False)
+    polling_only: bool
     """Endpoints agreed to poll the rings: no EVENT_AVAIL / EVENT_USED (open question 11)."""
 
-    def __post_init__(self) -> None:
-        """Normalise the profile and validate every limit."""
-        object.__setattr__(self, "profile", Profile(self.profile))
-        lo, hi, default = profile_limits(self.profile)
-        if self.max_msg_size is None:
-            object.__setattr__(self, "max_msg_size", default)
-        if not lo <= self.max_size <= hi:
+    def __init__(
+        self,
+        profile: Profile | str = Profile.SPEC,
+        max_msg_size: int | None = None,
+        transport_features: int = 0,
+        *,
+        revision: int = C.REVISION_1,
+        timeout_ms: int = 5000,
+        reset_poll_limit: int = 1000,
+        config_retries: int = 5,
+        polling_only: bool = False,
+    ) -> None:
+        """Validate and store the parameters (ValueError names the bad one)."""
+        try:
+            wire = Profile(profile)
+        except ValueError:
+            raise ValueError(f"unknown wire profile {profile!r}") from None
+        lo, hi, default = profile_limits(wire)
+        size = default if max_msg_size is None else max_msg_size
+        if not lo <= size <= hi:
             raise ValueError(
-                f"maximum message size {self.max_msg_size} outside {lo}..{hi} "
-                f"for profile {self.profile.value}"
+                f"maximum message size {size} outside {lo}..{hi} for profile {wire.value}"
             )
-        if self.revision != C.REVISION_1:
-            raise ValueError(f"transport revision {self.revision} is not supported (only 1)")
-        if self.transport_features < 0 or self.transport_features >> 64:
-            raise ValueError(f"transport feature bits {self.transport_features:#x} out of range")
-        if self.timeout_ms <= 0:
-            raise ValueError(f"timeout {self.timeout_ms} ms must be positive")
-        if self.reset_poll_limit <= 0 or self.config_retries <= 0:
+        if revision != C.REVISION_1:
+            raise ValueError(f"transport revision {revision} is not supported (only 1)")
+        if transport_features < 0 or transport_features >> 64:
+            raise ValueError(f"transport feature bits {transport_features:#x} out of range")
+        if timeout_ms <= 0:
+            raise ValueError(f"timeout {timeout_ms} ms must be positive")
+        if reset_poll_limit <= 0 or config_retries <= 0:
             raise ValueError("reset_poll_limit and config_retries must be positive")
+        for name, value in (
+            ("profile", wire),
+            ("max_msg_size", size),
+            ("transport_features", transport_features),
+            ("revision", revision),
+            ("timeout_ms", timeout_ms),
+            ("reset_poll_limit", reset_poll_limit),
+            ("config_retries", config_retries),
+            ("polling_only", polling_only),
+        ):
+            object.__setattr__(self, name, value)
 
     @property
     def max_size(self) -> int:
-        """The maximum message size, resolved."""
-        return cast(int, self.max_msg_size)
+        """The maximum message size."""
+        return self.max_msg_size
 
     @property
     def rfc1(self) -> bool:

@@ -213,9 +213,7 @@ class Codec:
         if typ & C.TYPE_BUS and dev_num:
             raise MalformedMessage(f"bus message with dev_num {dev_num} (must be 0)", "dev_num")
         if typ & C.TYPE_RESPONSE and msg_id & C.MSG_ID_EVENT:
-            raise MalformedMessage(
-                f"event id {msg_id:#04x} carries the response bit", "type"
-            )
+            raise MalformedMessage(f"event id {msg_id:#04x} carries the response bit", "type")
         return Header(typ, msg_id, dev_num, token, size)
 
     def decode(self, data: Buffer) -> Message:

@@ -39,8 +39,15 @@ def _info_in(m: R.DeviceInfoResp) -> S.GetDeviceInfoResp:
             "num_feature_bits",
         )
     return S.GetDeviceInfoResp(
-        m.device_id, m.vendor_id, bytes(16), m.num_feature_bits // 32, m.config_size,
-        m.max_vq_count, m.admin_vq_start_idx, m.admin_vq_count, dev_num=m.dev_num,
+        m.device_id,
+        m.vendor_id,
+        bytes(16),
+        m.num_feature_bits // 32,
+        m.config_size,
+        m.max_vq_count,
+        m.admin_vq_start_idx,
+        m.admin_vq_count,
+        dev_num=m.dev_num,
     )
 
 
@@ -48,8 +55,14 @@ def _info_out(m: S.GetDeviceInfoResp) -> R.DeviceInfoResp:
     if m.admin_vq_start > _U16 or m.admin_vq_count > _U16:
         raise EncodeError("admin virtqueue fields do not fit linux-rfc1's 16-bit fields")
     return R.DeviceInfoResp(
-        m.device_id, m.vendor_id, m.num_feature_blocks * 32, m.config_size, m.max_virtqueues,
-        m.admin_vq_start, m.admin_vq_count, dev_num=m.dev_num,
+        m.device_id,
+        m.vendor_id,
+        m.num_feature_blocks * 32,
+        m.config_size,
+        m.max_virtqueues,
+        m.admin_vq_start,
+        m.admin_vq_count,
+        dev_num=m.dev_num,
     )
 
 
@@ -66,7 +79,13 @@ def _set_vq_out(m: S.SetVqueue) -> R.SetVqueue:
 def _get_vq_resp_in(m: R.GetVqueueResp) -> S.GetVqueueResp:
     flags = C.VQ_ENABLED if m.size else 0
     return S.GetVqueueResp(
-        m.index, m.max_size, m.size, flags, m.descriptor_addr, m.driver_addr, m.device_addr,
+        m.index,
+        m.max_size,
+        m.size,
+        flags,
+        m.descriptor_addr,
+        m.driver_addr,
+        m.device_addr,
         dev_num=m.dev_num,
     )
 
@@ -85,15 +104,18 @@ _IN: dict[type, _Fn] = {
     R.DeviceInfoResp: _info_in,
     R.GetDevFeatures: lambda m: S.GetDeviceFeatures(m.index, m.num, dev_num=m.dev_num),
     R.GetDevFeaturesResp: lambda m: S.GetDeviceFeaturesResp(
-        m.index, m.num, m.features, dev_num=m.dev_num),
+        m.index, m.num, m.features, dev_num=m.dev_num
+    ),
     R.SetDrvFeatures: lambda m: S.SetDriverFeatures(m.index, m.num, m.features, dev_num=m.dev_num),
     R.SetDrvFeaturesResp: lambda m: S.SetDriverFeaturesResp(dev_num=m.dev_num),
     R.GetConfig: lambda m: S.GetConfig(m.offset, m.size, dev_num=m.dev_num),
     R.GetConfigResp: lambda m: S.GetConfigResp(
-        m.generation, m.offset, m.size, m.config, dev_num=m.dev_num),
+        m.generation, m.offset, m.size, m.config, dev_num=m.dev_num
+    ),
     R.SetConfig: lambda m: S.SetConfig(m.generation, m.offset, m.size, m.config, dev_num=m.dev_num),
     R.SetConfigResp: lambda m: S.SetConfigResp(
-        m.generation, m.offset, m.size, m.config, dev_num=m.dev_num),
+        m.generation, m.offset, m.size, m.config, dev_num=m.dev_num
+    ),
     R.GetDeviceStatus: lambda m: S.GetDeviceStatus(dev_num=m.dev_num),
     R.GetDeviceStatusResp: lambda m: S.GetDeviceStatusResp(m.status, dev_num=m.dev_num),
     R.SetDeviceStatus: lambda m: S.SetDeviceStatus(m.status, dev_num=m.dev_num),
@@ -101,15 +123,23 @@ _IN: dict[type, _Fn] = {
     R.GetVqueue: lambda m: S.GetVqueue(m.index, dev_num=m.dev_num),
     R.GetVqueueResp: _get_vq_resp_in,
     R.SetVqueue: lambda m: S.SetVqueue(
-        m.index, C.VQ_OP_ENABLE, m.size, m.unused, m.descriptor_addr, m.driver_addr,
-        m.device_addr, dev_num=m.dev_num),
+        m.index,
+        C.VQ_OP_ENABLE,
+        m.size,
+        m.unused,
+        m.descriptor_addr,
+        m.driver_addr,
+        m.device_addr,
+        dev_num=m.dev_num,
+    ),
     R.SetVqueueResp: lambda m: S.SetVqueueResp(dev_num=m.dev_num),
     R.ResetVqueue: lambda m: S.ResetVqueue(m.index, dev_num=m.dev_num),
     R.ResetVqueueResp: lambda m: S.ResetVqueueResp(dev_num=m.dev_num),
     R.GetShm: lambda m: S.GetShm(m.index, dev_num=m.dev_num),
     R.GetShmResp: lambda m: S.GetShmResp(m.index, 0, m.count, m.addr, dev_num=m.dev_num),
     R.EventConfig: lambda m: S.EventConfig(
-        m.status, m.generation, m.offset, m.size, m.config, dev_num=m.dev_num),
+        m.status, m.generation, m.offset, m.size, m.config, dev_num=m.dev_num
+    ),
     R.EventAvail: lambda m: S.EventAvail(m.index, m.next_offset_wrap, dev_num=m.dev_num),
     R.EventUsed: lambda m: S.EventUsed(m.index, dev_num=m.dev_num),
     R.BusGetDevices: lambda m: S.GetDevices(m.offset, m.num),
@@ -125,24 +155,34 @@ _OUT: dict[type, _Fn] = {
     S.GetDeviceInfoResp: _info_out,
     S.GetDeviceFeatures: lambda m: R.GetDevFeatures(m.block_index, m.num_blocks, dev_num=m.dev_num),
     S.GetDeviceFeaturesResp: lambda m: R.GetDevFeaturesResp(
-        m.block_index, m.num_blocks, m.features, dev_num=m.dev_num),
+        m.block_index, m.num_blocks, m.features, dev_num=m.dev_num
+    ),
     S.SetDriverFeatures: lambda m: R.SetDrvFeatures(
-        m.block_index, m.num_blocks, m.features, dev_num=m.dev_num),
+        m.block_index, m.num_blocks, m.features, dev_num=m.dev_num
+    ),
     S.SetDriverFeaturesResp: lambda m: R.SetDrvFeaturesResp(dev_num=m.dev_num),
     S.GetConfig: lambda m: R.GetConfig(m.offset, m.length, dev_num=m.dev_num),
     S.GetConfigResp: lambda m: R.GetConfigResp(
-        m.generation, m.offset, m.length, m.data, dev_num=m.dev_num),
+        m.generation, m.offset, m.length, m.data, dev_num=m.dev_num
+    ),
     S.SetConfig: lambda m: R.SetConfig(m.generation, m.offset, m.length, m.data, dev_num=m.dev_num),
     S.SetConfigResp: lambda m: R.SetConfigResp(
-        m.generation, m.offset, m.length, m.data, dev_num=m.dev_num),
+        m.generation, m.offset, m.length, m.data, dev_num=m.dev_num
+    ),
     S.GetDeviceStatus: lambda m: R.GetDeviceStatus(dev_num=m.dev_num),
     S.GetDeviceStatusResp: lambda m: R.GetDeviceStatusResp(m.status, dev_num=m.dev_num),
     S.SetDeviceStatus: lambda m: R.SetDeviceStatus(m.status, dev_num=m.dev_num),
     S.SetDeviceStatusResp: lambda m: R.SetDeviceStatusResp(m.status, dev_num=m.dev_num),
     S.GetVqueue: lambda m: R.GetVqueue(m.index, dev_num=m.dev_num),
     S.GetVqueueResp: lambda m: R.GetVqueueResp(
-        m.index, m.max_size, m.cur_size, m.desc_addr, m.driver_addr, m.device_addr,
-        dev_num=m.dev_num),
+        m.index,
+        m.max_size,
+        m.cur_size,
+        m.desc_addr,
+        m.driver_addr,
+        m.device_addr,
+        dev_num=m.dev_num,
+    ),
     S.SetVqueue: _set_vq_out,
     S.SetVqueueResp: lambda m: R.SetVqueueResp(dev_num=m.dev_num),
     S.ResetVqueue: lambda m: R.ResetVqueue(m.index, dev_num=m.dev_num),
@@ -150,7 +190,8 @@ _OUT: dict[type, _Fn] = {
     S.GetShm: lambda m: R.GetShm(m.shmid, dev_num=m.dev_num),
     S.GetShmResp: _shm_out,
     S.EventConfig: lambda m: R.EventConfig(
-        m.device_status, m.generation, m.offset, m.length, m.data, dev_num=m.dev_num),
+        m.device_status, m.generation, m.offset, m.length, m.data, dev_num=m.dev_num
+    ),
     S.EventAvail: lambda m: R.EventAvail(m.vq_index, m.next_offset, dev_num=m.dev_num),
     S.EventUsed: lambda m: R.EventUsed(m.vq_index, dev_num=m.dev_num),
     S.GetDevices: lambda m: R.BusGetDevices(m.offset, m.count),
