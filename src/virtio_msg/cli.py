@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from virtio_msg.errors import EncodeError, MalformedMessage
+from virtio_msg.errors import ConfigError, EncodeError, MalformedMessage
 from virtio_msg.wire import Codec, Profile, from_json, to_json
 
 
@@ -32,6 +33,33 @@ def _add_codec_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="maximum message size (spec: 52..65535, default 264; "
         "linux-rfc1: 44..65535, default 44)",
+    )
+
+
+def _add_bus_args(p: argparse.ArgumentParser) -> None:
+    from virtio_msg.dt.cli import add_dt_arguments
+
+    add_dt_arguments(p)
+    p.add_argument(
+        "--profile",
+        choices=[x.value for x in Profile],
+        default=None,
+        help="wire profile, overriding the device tree's (default: spec)",
+    )
+    p.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="maximum message size, overriding the device tree's "
+        "(spec: 52..65535, default 264; linux-rfc1: 44..65535, default 44)",
+    )
+    p.add_argument(
+        "--timeout-ms",
+        type=int,
+        default=None,
+        metavar="MS",
+        help="per-request timeout in milliseconds, overriding the device tree's (default 5000)",
     )
 
 
@@ -149,11 +177,14 @@ def _print_run_report(report: dict[str, Any]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the loopback bus with the built-in devices and print a summary."""
-    from virtio_msg.runner import RunConfig, run_loopback
-    from virtio_msg.transport.params import BusParams
+    from virtio_msg.dt.cli import configs_from_args
+    from virtio_msg.runner import from_tree, run_loopback
 
-    params = BusParams(args.profile, args.max_size, timeout_ms=args.timeout_ms)
-    report = run_loopback([RunConfig(params=params)])
+    configs = [
+        from_tree(c, profile=args.profile, max_msg_size=args.max_size, timeout_ms=args.timeout_ms)
+        for c in configs_from_args(args)
+    ]
+    report = run_loopback(configs)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -172,16 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run", help="run a loopback bus with the built-in devices and report (the main job)"
     )
-    _add_codec_args(p)
+    _add_bus_args(p)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument(
-        "--timeout-ms",
-        type=int,
-        default=5000,
-        metavar="MS",
-        help="per-request timeout in milliseconds (default 5000)",
-    )
     p.set_defaults(func=cmd_run)
+
+    from virtio_msg.dt.cli import add_dt_parser
+
+    add_dt_parser(sub)
 
     p = sub.add_parser("decode", help="decode raw messages (hex) to JSON lines")
     _add_codec_args(p)
@@ -198,9 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")
     try:
         status: int = args.func(args)
-    except ValueError as exc:
+    except (ValueError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

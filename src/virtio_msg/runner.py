@@ -18,8 +18,10 @@ import virtio_msg.spec as C
 from virtio_msg.bus import LoopbackBus, loopback_pair
 from virtio_msg.bus.loopback import DEFAULT_BASE, DEFAULT_SIZE
 from virtio_msg.devices.catalog import make_device
+from virtio_msg.dt import LoopbackConfig
 from virtio_msg.errors import VirtioMsgError
 from virtio_msg.transport.params import BusParams
+from virtio_msg.wire import Profile
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,34 @@ class RunConfig:
     size: int = DEFAULT_SIZE
     params: BusParams = field(default_factory=BusParams)
     devices: tuple[tuple[int, str], ...] = DEFAULT_DEVICES
+
+
+def from_tree(
+    config: LoopbackConfig,
+    *,
+    profile: Profile | str | None = None,
+    max_msg_size: int | None = None,
+    timeout_ms: int | None = None,
+) -> RunConfig:
+    """Turn one device-tree bus instance into a RunConfig; arguments override the tree."""
+    if profile is not None and Profile(profile) != config.profile:
+        # A different profile: the tree's size was chosen for the tree's profile.
+        size = max_msg_size
+    else:
+        size = max_msg_size if max_msg_size is not None else config.max_msg_size
+    params = BusParams(
+        config.profile if profile is None else profile,
+        size,
+        config.transport_features if profile is None or profile == config.profile else 0,
+        timeout_ms=config.timeout_ms if timeout_ms is None else timeout_ms,
+    )
+    return RunConfig(
+        name=config.node_path,
+        base=config.base,
+        size=config.size,
+        params=params,
+        devices=tuple((d.dev_num, d.type) for d in config.devices),
+    )
 
 
 def feature_names(features: int) -> list[str]:
@@ -142,4 +172,8 @@ def run_loopback(configs: list[RunConfig]) -> dict[str, Any]:
     }
 
 
-__all__ = ["DEFAULT_DEVICES", "RunConfig", "feature_names", "percentile", "run_loopback", "run_one"]
+__all__ = [
+    "DEFAULT_DEVICES",
+    "RunConfig",
+    "feature_names",
+    "from_tree", "percentile", "run_loopback", "run_one"]
