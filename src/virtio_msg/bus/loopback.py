@@ -41,7 +41,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import virtio_msg.spec as C
@@ -56,7 +56,7 @@ from virtio_msg.errors import (
 from virtio_msg.memory import DmaPool, Region
 from virtio_msg.transport.driver import DriverTransport
 from virtio_msg.transport.params import BusParams
-from virtio_msg.wire import GenericMessage, Message
+from virtio_msg.wire import GenericMessage, Message, with_header
 from virtio_msg.wire import spec as S
 from virtio_msg.wire.translate import WireAdapter
 
@@ -80,14 +80,32 @@ class Channel(Protocol):
         """Detach the backend."""
 
 
-@dataclass
 class _Pending:
-    dev_num: int
-    msg_id: int
-    token: int
-    done: threading.Event = field(default_factory=threading.Event)
-    response: Message | None = None
-    error: TransportError | None = None
+    """One request in flight.
+
+    ``done`` and the fields it guards change under the bus lock; ``event`` is
+    only created when the requester really has to wait (an in-process backend
+    usually answers before ``deliver`` returns).
+    """
+
+    __slots__ = ("dev_num", "done", "error", "event", "msg_id", "response", "token")
+
+    def __init__(self, dev_num: int, msg_id: int, token: int) -> None:
+        self.dev_num = dev_num
+        self.msg_id = msg_id
+        self.token = token
+        self.done = False
+        self.event: threading.Event | None = None
+        self.response: Message | None = None
+        self.error: TransportError | None = None
+
+    def complete(self, response: Message | None, error: TransportError | None) -> None:
+        """Record the one outcome (call with the bus lock held) and wake the requester."""
+        self.response = response
+        self.error = error
+        self.done = True
+        if self.event is not None:
+            self.event.set()
 
 
 @dataclass
@@ -243,10 +261,9 @@ class LoopbackBus:
             for p in failed:
                 del self._pending[p.token]
             failed.extend(self._fifo.pop(dev_num, ()))
+            for p in failed:
+                p.complete(None, TransportError("removed", f"device {dev_num} {reason}"))
         entry.transport.mark_removed()
-        for p in failed:
-            p.error = TransportError("removed", f"device {dev_num} {reason}")
-            p.done.set()
         if entry.driver is not None:
             try:
                 entry.driver.remove()
@@ -285,7 +302,7 @@ class LoopbackBus:
             else:
                 self._pending[token] = pend
         try:
-            data = self.adapter.encode(msg._replace(token=token))
+            data = self.adapter.encode(with_header(msg, msg[-2], token))
         except EncodeError as exc:
             self._forget(pend)
             raise TransportError("oversize", f"cannot send {type(msg).__name__}: {exc}") from exc
@@ -296,14 +313,20 @@ class LoopbackBus:
         except VirtioMsgError as exc:
             self._forget(pend)
             raise TransportError("disconnected", f"{self.name}: delivery failed: {exc}") from exc
-        if not pend.done.wait(self.params.timeout_ms / 1000):
-            self._forget(pend)  # a late response is now unmatched and gets dropped
-            if not pend.done.is_set():
-                raise TransportError(
-                    "timeout",
-                    f"device {dev_num}: no response to {type(msg).__name__} within "
-                    f"{self.params.timeout_ms} ms",
-                )
+        if not pend.done:
+            with self._lock:
+                if not pend.done:
+                    pend.event = threading.Event()
+            if pend.event is not None and not pend.event.wait(self.params.timeout_ms / 1000):
+                self._forget(pend)  # a late response is now unmatched and gets dropped
+                with self._lock:
+                    timed_out = not pend.done
+                if timed_out:
+                    raise TransportError(
+                        "timeout",
+                        f"device {dev_num}: no response to {type(msg).__name__} within "
+                        f"{self.params.timeout_ms} ms",
+                    )
         self.latencies.append(time.perf_counter() - t0)
         if pend.error is not None:
             raise pend.error
@@ -341,23 +364,23 @@ class LoopbackBus:
     def receive(self, data: bytes | bytearray | memoryview, channel: Channel) -> None:
         """Take one message from a backend: a response, an event or a bus message."""
         try:
-            hdr = self.adapter.decode_header(data)
+            msg = self.adapter.decode(data)
         except MalformedMessage as exc:
-            self.dropped["malformed"] += 1
+            self.dropped["malformed"] += 1  # discarded; a request it answered times out
             log.debug("%s: dropped malformed message: %s", self.name, exc)
             return
-        if hdr.bus:
-            self._receive_bus(data, channel)
-        elif hdr.response:
-            self._receive_response(hdr.dev_num, hdr.msg_id, hdr.token, data, channel)
-        elif hdr.event:
-            self._receive_event(hdr.dev_num, data, channel)
-        else:
+        kind = _KIND.get(type(msg), _BUS)
+        if kind is _RESPONSE:
+            self._receive_response(msg, channel)
+        elif kind is _EVENT:
+            self._receive_event(msg, channel)
+        elif kind is _REQUEST:
             self.dropped["request-from-backend"] += 1
+        else:
+            self._receive_bus(msg, channel)
 
-    def _receive_response(
-        self, dev_num: int, msg_id: int, token: int, data: object, channel: Channel
-    ) -> None:
+    def _receive_response(self, msg: Message, channel: Channel) -> None:
+        dev_num = msg[-2]
         with self._lock:
             entry = self._devices.get(dev_num)
             if entry is None or entry.channel is not channel:
@@ -367,33 +390,22 @@ class LoopbackBus:
                 fifo = self._fifo.get(dev_num)
                 pend = fifo[0] if fifo else None
             else:
-                pend = self._pending.get(token)
-            if pend is None or pend.dev_num != dev_num or pend.msg_id != msg_id:
+                pend = self._pending.get(msg[-1])
+            if pend is None or pend.dev_num != dev_num or pend.msg_id != _MSG_IDS[type(msg)]:
                 self.dropped["unmatched-response"] += 1
                 return
-            try:
-                msg = self.adapter.decode(data)  # type: ignore[arg-type]
-            except MalformedMessage as exc:
-                self.dropped["malformed"] += 1
-                log.debug("%s: malformed response from device %d: %s", self.name, dev_num, exc)
-                return  # discarded: the request times out (spec 5.10)
             if self.adapter.rfc1:
                 self._fifo[dev_num].popleft()
             else:
-                del self._pending[token]
+                del self._pending[pend.token]
+            pend.complete(with_header(msg, dev_num, 0), None)  # drivers never see bus tokens
         self.received[label(msg)] += 1
-        pend.response = msg._replace(token=0)  # the driver never sees bus tokens
-        pend.done.set()
 
-    def _receive_event(self, dev_num: int, data: object, channel: Channel) -> None:
-        try:
-            msg = self.adapter.decode(data)  # type: ignore[arg-type]
-        except MalformedMessage:
-            self.dropped["malformed"] += 1
-            return
+    def _receive_event(self, msg: Message, channel: Channel) -> None:
         if type(msg) not in (S.EventUsed, S.EventConfig):
             self.dropped[f"unexpected:{type(msg).__name__}"] += 1
             return
+        dev_num = msg[-2]
         self.received[label(msg)] += 1
         with self._lock:
             entry = self._devices.get(dev_num)
@@ -421,12 +433,7 @@ class LoopbackBus:
             except Exception:
                 log.exception("%s: event handler of device %d failed", self.name, dev_num)
 
-    def _receive_bus(self, data: object, channel: Channel) -> None:
-        try:
-            msg = self.adapter.decode(data)  # type: ignore[arg-type]
-        except MalformedMessage:
-            self.dropped["malformed"] += 1
-            return
+    def _receive_bus(self, msg: Message, channel: Channel) -> None:
         self.received[label(msg)] += 1
         if type(msg) is S.EventDevice:
             self._event_device(msg, channel)
@@ -434,7 +441,7 @@ class LoopbackBus:
             self._reply(channel, S.PingResp(msg.data, token=msg.token))
         elif type(msg) is S.GetDevices:
             resp = self.get_devices(msg.offset, msg.count)
-            self._reply(channel, resp._replace(token=msg.token))
+            self._reply(channel, with_header(resp, 0, msg.token))
         elif isinstance(msg, GenericMessage):
             self.dropped["implementation-defined"] += 1  # the channel handles its own
         else:
@@ -529,6 +536,18 @@ def label(msg: Message) -> str:
 
 
 _MSG_IDS: dict[type, int] = {lay.cls: lay.msg_id for lay in WireAdapter().codec.layouts()}
+_REQUEST, _RESPONSE, _EVENT, _BUS = "request", "response", "event", "bus"
+_KIND: dict[type, str] = {
+    lay.cls: _BUS
+    if lay.bus
+    else _RESPONSE
+    if lay.response
+    else _EVENT
+    if lay.msg_id & C.MSG_ID_EVENT
+    else _REQUEST
+    for lay in WireAdapter().codec.layouts()
+}
+"""How the bus routes each draft message class it receives (GenericMessage: bus)."""
 _LABELS: dict[type, str] = {
     lay.cls: lay.name + (" resp" if lay.response else "") for lay in WireAdapter().codec.layouts()
 }

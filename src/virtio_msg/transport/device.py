@@ -30,15 +30,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import virtio_msg.spec as C
 from virtio_msg.errors import VirtioMsgError
 from virtio_msg.transport.params import BusParams
 from virtio_msg.virtqueue import DeviceQueue
-from virtio_msg.wire import GenericMessage, Message
+from virtio_msg.wire import GenericMessage, Message, with_header
 from virtio_msg.wire import spec as S
 
 if TYPE_CHECKING:
@@ -200,6 +199,30 @@ class _Queue:
         self.live: DeviceQueue | None = None
 
 
+class _EngineLock:
+    """Context manager: hold the engine's lock; flush queued events on the way out."""
+
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: DeviceTransport) -> None:
+        self.engine = engine
+
+    def __enter__(self) -> None:
+        engine = self.engine
+        engine._lock.acquire()
+        engine._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        engine = self.engine
+        engine._depth -= 1
+        out: list[Message] = []
+        if engine._depth == 0 and engine._outbox:
+            out, engine._outbox = engine._outbox, []
+        engine._lock.release()
+        for msg in out:
+            engine.emit(msg)
+
+
 class DeviceTransport:
     """The device-side protocol engine for one device number.
 
@@ -244,19 +267,9 @@ class DeviceTransport:
 
     # --- locking: events leave only after the engine lock is released -------------
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._lock:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                out: list[Message] = []
-                if self._depth == 0 and self._outbox:
-                    out, self._outbox = self._outbox, []
-        for msg in out:
-            self.emit(msg)
+    def _locked(self) -> _EngineLock:
+        """The engine lock; events queued under it are emitted after release."""
+        return _EngineLock(self)
 
     def _event(self, msg: Message) -> None:
         self._outbox.append(msg)
@@ -287,7 +300,7 @@ class DeviceTransport:
             return None
         self.handled[type(msg).__name__] += 1
         # DEV-29: the request's token is copied into the response; DEV-26: own dev_num.
-        return resp._replace(dev_num=self.dev_num, token=msg[-1])
+        return with_header(resp, self.dev_num, msg[-1])
 
     # --- requests ----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 import virtio_msg.spec as C
 from virtio_msg.errors import TransportError
 from virtio_msg.transport.params import BusParams
-from virtio_msg.wire import Message
+from virtio_msg.wire import Message, with_header
 from virtio_msg.wire import spec as S
 
 T = TypeVar("T")
@@ -120,7 +120,7 @@ class DriverEngine:
     # --- plumbing -------------------------------------------------------------------
 
     def _call(self, req: Message, expect: type) -> Proc[Any]:
-        resp: Any = yield req._replace(dev_num=self.dev_num)
+        resp: Any = yield with_header(req, self.dev_num, 0)
         got = type(resp)
         if got is not expect:
             raise ProtocolViolation(

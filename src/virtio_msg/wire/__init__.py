@@ -17,6 +17,7 @@ from virtio_msg.wire.codec import (
     Message,
     Profile,
     profile_limits,
+    with_header,
 )
 from virtio_msg.wire.jsonform import from_json, to_json
 
@@ -32,4 +33,5 @@ __all__ = [
     "rfc1",
     "spec",
     "to_json",
+    "with_header",
 ]

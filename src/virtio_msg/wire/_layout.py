@@ -17,6 +17,7 @@ field values never compare equal.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from enum import Enum
@@ -38,6 +39,22 @@ class Tail(Enum):
     """Either no bytes, or exactly ``length`` bytes."""
     BITMAP = "bitmap"
     """``ceil(count / 8)`` bytes, ``count`` taken from a fixed field."""
+
+
+_U32_ARRAY, _BYTES_EXACT, _BYTES_OPTIONAL, _BITMAP = 1, 2, 3, 4
+_TAIL_CODES = {
+    Tail.NONE: 0,
+    Tail.U32_ARRAY: _U32_ARRAY,
+    Tail.BYTES_EXACT: _BYTES_EXACT,
+    Tail.BYTES_OPTIONAL: _BYTES_OPTIONAL,
+    Tail.BITMAP: _BITMAP,
+}
+
+
+@functools.lru_cache(maxsize=512)
+def u32_array(count: int) -> struct.Struct:
+    """The precompiled layout of ``count`` little-endian u32 words."""
+    return struct.Struct(f"<{count}I")
 
 
 def _typed_eq(self: Any, other: Any) -> bool:
@@ -75,6 +92,7 @@ class Layout:
         "response",
         "sized_bytes",
         "tail",
+        "tail_code",
         "type_bits",
     )
 
@@ -118,6 +136,8 @@ class Layout:
             raise TypeError(f"{cls.__name__}: tail needs a count field")
         self.count_index = payload.index(count_field) if count_field else -1
         self.type_bits = (1 if response else 0) | (2 if bus else 0)
+        self.tail_code = _TAIL_CODES[tail]
+        """The tail kind as a small int, for the hot paths."""
         # Class-aware equality: GetDeviceStatus() must not equal SetVqueueResp().
         cls.__eq__ = _typed_eq
         cls.__ne__ = _typed_ne
@@ -159,38 +179,34 @@ class Layout:
                 "msg_size",
             )
         values = fixed.unpack_from(data, start)
-        if self.tail is Tail.NONE:
-            return tuple.__new__(self.cls, (*values, dev_num, token))
+        code = self.tail_code
+        if code == 0:
+            return tuple.__new__(self.cls, values + (dev_num, token))
         count = values[self.count_index]
         tail_len = avail - fixed.size
         tail_start = start + fixed.size
-        field = self.payload_fields[-1]
-        tail_value: object
-        if self.tail is Tail.U32_ARRAY:
-            if tail_len != count * 4:
-                raise MalformedMessage(
-                    f"{self.count_field}={count} needs {count * 4} bytes, message has {tail_len}",
-                    field,
-                )
-            tail_value = struct.unpack_from(f"<{count}I", data, tail_start)
-        else:
-            if self.tail is Tail.BITMAP:
-                want = (count + 7) // 8
-                ok = tail_len == want
-            elif self.tail is Tail.BYTES_EXACT:
-                want = count
-                ok = tail_len == want
-            else:
-                want = count
-                ok = tail_len in (0, want)
-            if not ok:
-                extra = " (or none)" if self.tail is Tail.BYTES_OPTIONAL else ""
-                raise MalformedMessage(
-                    f"{self.count_field}={count} needs {want} bytes{extra}, message has {tail_len}",
-                    field,
-                )
-            tail_value = bytes(data[tail_start:end])
-        return tuple.__new__(self.cls, (*values, tail_value, dev_num, token))
+        if code == _U32_ARRAY:
+            if tail_len == count * 4:
+                words = u32_array(count).unpack_from(data, tail_start)
+                return tuple.__new__(self.cls, values + (words, dev_num, token))
+        elif tail_len == self.tail_size(count) or (code == _BYTES_OPTIONAL and tail_len == 0):
+            tail = bytes(data[tail_start:end])
+            return tuple.__new__(self.cls, values + (tail, dev_num, token))
+        want = self.tail_size(count)
+        extra = " (or none)" if code == _BYTES_OPTIONAL else ""
+        raise MalformedMessage(
+            f"{self.count_field}={count} needs {want} bytes{extra}, message has {tail_len}",
+            self.payload_fields[-1],
+        )
+
+    def tail_size(self, count: int) -> int:
+        """Bytes the variable tail must have for ``count`` (0 without a tail)."""
+        code = self.tail_code
+        if code == _U32_ARRAY:
+            return count * 4
+        if code == _BITMAP:
+            return (count + 7) // 8
+        return count if code else 0
 
     def encode_payload(self, msg: tuple[Any, ...]) -> bytes:
         """Encode the payload of ``msg`` (validated, never a raw struct.error)."""

@@ -227,12 +227,22 @@ class WireAdapter:
     owns the byte-level codec of the bus and translates for ``linux-rfc1``.
     """
 
-    __slots__ = ("codec", "rfc1")
+    __slots__ = ("codec", "decode", "encode", "rfc1")
 
     def __init__(self, profile: Profile | str = Profile.SPEC, max_size: int | None = None) -> None:
         """Create the codec for ``profile`` with the bus's maximum message size."""
         self.codec = Codec(profile, max_size)
         self.rfc1 = self.codec.profile is Profile.LINUX_RFC1
+        self.encode: Callable[[Message], bytes]
+        """Encode a draft message in the bus's profile."""
+        self.decode: Callable[[Buffer], Message]
+        """Decode bytes of the bus's profile into a draft message."""
+        if self.rfc1:
+            self.encode = self._encode_rfc1
+            self.decode = self._decode_rfc1
+        else:  # no translation: the codec's own methods, no extra call per message
+            self.encode = self.codec.encode
+            self.decode = self.codec.decode
 
     @property
     def max_size(self) -> int:
@@ -244,16 +254,11 @@ class WireAdapter:
         """Header size of the bus's profile (8 or 6)."""
         return self.codec.header_size
 
-    def encode(self, msg: Message) -> bytes:
-        """Encode a draft message in the bus's profile."""
-        if self.rfc1:
-            msg = to_rfc1(msg)
-        return self.codec.encode(msg)
+    def _encode_rfc1(self, msg: Message) -> bytes:
+        return self.codec.encode(to_rfc1(msg))
 
-    def decode(self, data: Buffer) -> Message:
-        """Decode bytes of the bus's profile into a draft message."""
-        msg = self.codec.decode(data)
-        return to_draft(msg) if self.rfc1 else msg
+    def _decode_rfc1(self, data: Buffer) -> Message:
+        return to_draft(self.codec.decode(data))
 
     def decode_header(self, data: Buffer) -> Header:
         """Validate and return the header (see :meth:`Codec.decode_header`)."""

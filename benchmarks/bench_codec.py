@@ -1,0 +1,110 @@
+"""Codec throughput per message kind, next to bare struct work on the same layout.
+
+Run: ``python benchmarks/bench_codec.py [--profile spec|linux-rfc1] [--seconds S]``
+
+For each message the codec's ``encode`` + ``decode`` is timed, and so is a bare
+``struct.Struct.pack`` + ``unpack_from`` of the same bytes (header and fixed
+payload in one precompiled layout, variable tail sliced) in the same run.  The
+ratio codec/bare is the figure to watch (target: at most 3x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import timeit
+from typing import Any
+
+from virtio_msg.wire import Codec, Message
+from virtio_msg.wire import rfc1 as R
+from virtio_msg.wire import spec as S
+
+SPEC_SAMPLES: list[Message] = [
+    S.GetDeviceInfo(dev_num=1, token=7),
+    S.GetDeviceInfoResp(4, 0x4D565950, bytes(16), 2, 0, 1, 0, 0, dev_num=1, token=7),
+    S.GetDeviceFeaturesResp(0, 2, (0x30000000, 0x103), dev_num=1, token=7),
+    S.GetConfig(0, 8, dev_num=1, token=7),
+    S.GetConfigResp(3, 0, 8, bytes(range(8)), dev_num=1, token=7),
+    S.SetDeviceStatus(15, dev_num=1, token=7),
+    S.GetVqueueResp(0, 256, 256, 1, 0x1_0000_0000, 0x1_0000_1000, 0x1_0000_2000, dev_num=1),
+    S.SetVqueue(0, 1, 256, 0, 0x1_0000_0000, 0x1_0000_1000, 0x1_0000_2000, dev_num=1),
+    S.EventAvail(0, 0, dev_num=1),
+    S.EventUsed(0, dev_num=1),
+    S.GetDevicesResp(0, 0, 16, b"\x25\x00"),
+]
+RFC1_SAMPLES: list[Message] = [
+    R.DeviceInfo(dev_num=1),
+    R.DeviceInfoResp(4, 0x4D565950, 64, 0, 1, 0, 0, dev_num=1),
+    R.GetDevFeaturesResp(0, 2, (0x30000000, 0x103), dev_num=1),
+    R.GetConfigResp(3, 0, 8, bytes(range(8)), dev_num=1),
+    R.SetDeviceStatus(15, dev_num=1),
+    R.SetVqueue(0, 0, 256, 0x1_0000_0000, 0x1_0000_1000, 0x1_0000_2000, dev_num=1),
+    R.EventAvail(0, 0, dev_num=1),
+    R.EventUsed(0, dev_num=1),
+]
+
+
+def bare_pair(codec: Codec, msg: Message) -> tuple[Any, Any]:
+    """Bare struct pack and unpack of ``msg``'s exact bytes, in one precompiled layout.
+
+    The layout is the header, the fixed payload and the variable tail (feature
+    words as ``nI``, byte strings as ``ns``), so the bare side does the same
+    byte work as the codec without any of its checks or objects.
+    """
+    lay = codec.layout_for(msg)
+    hdr = "BBHHH" if codec.has_token else "BBHH"
+    raw = codec.encode(msg)
+    tail_fmt = ""
+    tail_values: tuple[Any, ...] = ()
+    if lay.tail_field is not None:
+        tail = msg[lay.nfixed]
+        if isinstance(tail, tuple):
+            tail_fmt, tail_values = f"{len(tail)}I", tail
+        else:
+            tail_fmt, tail_values = f"{len(tail)}s", (tail,)
+    full = struct.Struct("<" + hdr + lay.fmt.lstrip("<") + tail_fmt)
+    head = (lay.type_bits, lay.msg_id, msg.dev_num) + ((msg.token,) if codec.has_token else ())
+    values = head + (len(raw),) + tuple(msg[: lay.nfixed]) + tail_values
+
+    def pack() -> bytes:
+        return full.pack(*values)
+
+    def unpack() -> tuple[Any, ...]:
+        return full.unpack_from(raw)
+
+    return pack, unpack
+
+
+def measure(fn: Any, seconds: float) -> float:
+    """Seconds per call, best of 5 repeats of a loop sized to ``seconds``."""
+    timer = timeit.Timer(fn)
+    n, _ = timer.autorange()
+    n = max(n, int(n * seconds / 0.2 / 5))
+    return min(timer.repeat(5, n)) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", choices=["spec", "linux-rfc1"], default="spec")
+    parser.add_argument("--seconds", type=float, default=0.5)
+    args = parser.parse_args()
+    codec = Codec(args.profile)
+    samples = SPEC_SAMPLES if args.profile == "spec" else RFC1_SAMPLES
+    print(f"profile {args.profile}: encode+decode vs bare struct pack+unpack (ns per message)")
+    print(f"{'message':34} {'codec':>8} {'bare':>8} {'ratio':>6}")
+    ratios = []
+    for msg in samples:
+        raw = codec.encode(msg)
+        pack, unpack = bare_pair(codec, msg)
+        codec_t = measure(lambda m=msg, r=raw: (codec.encode(m), codec.decode(r)), args.seconds)
+        bare_t = measure(lambda: (pack(), unpack()), args.seconds)
+        ratio = codec_t / bare_t
+        ratios.append(ratio)
+        name = codec.layout_for(msg).name + (" resp" if codec.layout_for(msg).response else "")
+        print(f"{name:34} {codec_t * 1e9:8.0f} {bare_t * 1e9:8.0f} {ratio:6.2f}")
+    ratios.sort()
+    print(f"median ratio {ratios[len(ratios) // 2]:.2f}, worst {ratios[-1]:.2f} (target <= 3.0)")
+
+
+if __name__ == "__main__":
+    main()
