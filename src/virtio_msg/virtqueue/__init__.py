@@ -1,1 +1,109 @@
-"""virtqueue package."""
+"""Split virtqueues (virtio 1.x §2.7), both sides, over the Region API.
+
+:class:`DriverQueue` allocates its rings and bounces its buffers through a
+:class:`~virtio_msg.memory.DmaPool` and checks every used entry against its own
+shadow state; :class:`DeviceQueue` is built from untrusted SET_VQUEUE
+parameters by one validating constructor and validates every chain it pops.
+Each broken rule has its own exception class (see ``errors``).
+"""
+
+from __future__ import annotations
+
+from virtio_msg.virtqueue.device import MAX_CHAIN_BYTES, DescriptorChain, DeviceQueue
+from virtio_msg.virtqueue.driver import DriverQueue, ring_bytes
+from virtio_msg.virtqueue.errors import (
+    AvailIndexTooFar,
+    BufferOutOfRegion,
+    ChainTooLarge,
+    ChainTooLong,
+    DescriptorAfterIndirect,
+    DescriptorIndexOutOfRange,
+    DeviceLied,
+    DriverViolation,
+    HeadInFlight,
+    IndirectBadLength,
+    IndirectNotNegotiated,
+    IndirectOutOfRegion,
+    InvalidQueueConfig,
+    NestedIndirect,
+    QueueAreaMisaligned,
+    QueueAreaOutOfRegion,
+    QueueBroken,
+    QueueFeaturesInvalid,
+    QueueFull,
+    QueueSizeInvalid,
+    ReadableAfterWritable,
+    UsedIdNotOutstanding,
+    UsedIdOutOfRange,
+    UsedIndexTooFar,
+    UsedLengthTooLarge,
+)
+from virtio_msg.virtqueue.layout import (
+    AVAIL_ALIGN,
+    DESC,
+    DESC_ALIGN,
+    DESC_SIZE,
+    USED_ALIGN,
+    USED_ELEM,
+    VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
+    VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_USED_F_NO_NOTIFY,
+    SplitLayout,
+    avail_ring_size,
+    desc_table_size,
+    is_valid_queue_size,
+    used_ring_size,
+    vring_need_event,
+)
+
+__all__ = [
+    "AVAIL_ALIGN",
+    "DESC",
+    "DESC_ALIGN",
+    "DESC_SIZE",
+    "MAX_CHAIN_BYTES",
+    "USED_ALIGN",
+    "USED_ELEM",
+    "VIRTQ_DESC_F_INDIRECT",
+    "VIRTQ_DESC_F_NEXT",
+    "VIRTQ_DESC_F_WRITE",
+    "VRING_AVAIL_F_NO_INTERRUPT",
+    "VRING_USED_F_NO_NOTIFY",
+    "AvailIndexTooFar",
+    "BufferOutOfRegion",
+    "ChainTooLarge",
+    "ChainTooLong",
+    "DescriptorAfterIndirect",
+    "DescriptorChain",
+    "DescriptorIndexOutOfRange",
+    "DeviceLied",
+    "DeviceQueue",
+    "DriverQueue",
+    "DriverViolation",
+    "HeadInFlight",
+    "IndirectBadLength",
+    "IndirectNotNegotiated",
+    "IndirectOutOfRegion",
+    "InvalidQueueConfig",
+    "NestedIndirect",
+    "QueueAreaMisaligned",
+    "QueueAreaOutOfRegion",
+    "QueueBroken",
+    "QueueFeaturesInvalid",
+    "QueueFull",
+    "QueueSizeInvalid",
+    "ReadableAfterWritable",
+    "SplitLayout",
+    "UsedIdNotOutstanding",
+    "UsedIdOutOfRange",
+    "UsedIndexTooFar",
+    "UsedLengthTooLarge",
+    "avail_ring_size",
+    "desc_table_size",
+    "is_valid_queue_size",
+    "ring_bytes",
+    "used_ring_size",
+    "vring_need_event",
+]
