@@ -8,6 +8,6 @@ if command -v apt-get >/dev/null 2>&1; then
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        device-tree-compiler qemu-system-arm >/dev/null
+        device-tree-compiler qemu-system-arm qemu-utils >/dev/null
 fi
 python3 -m pip install -q -e '.[test]'

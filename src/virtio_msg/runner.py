@@ -25,7 +25,7 @@ from virtio_msg.wire import Profile
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEVICES: tuple[tuple[int, str], ...] = ((0, "rng"),)
+DEFAULT_DEVICES: tuple[tuple[int, str], ...] = ((0, "rng"), (1, "blk"))
 """Built-in devices of the embedded default: (device number, type)."""
 
 
@@ -68,10 +68,11 @@ def from_tree(
     )
 
 
-def feature_names(features: int) -> list[str]:
-    """Readable names of the transport-level feature bits set in ``features``."""
-    names = [name for bit, name in sorted(C.FEATURE_NAMES.items()) if features >> bit & 1]
-    other = features & ~sum(1 << bit for bit in C.FEATURE_NAMES)
+def feature_names(features: int, device_id: int = 0) -> list[str]:
+    """Readable names of the feature bits set in ``features`` (device type aware)."""
+    table = {**C.DEVICE_FEATURE_NAMES.get(device_id, {}), **C.FEATURE_NAMES}
+    names = [name for bit, name in sorted(table.items()) if features >> bit & 1]
+    other = features & ~sum(1 << bit for bit in table)
     if other:
         names.append(f"device:{other:#x}")
     return names
@@ -122,14 +123,20 @@ def run_one(config: RunConfig) -> dict[str, Any]:
     """Run one bus instance in this process and return its report."""
     bus = LoopbackBus(config.params, size=config.size, base=config.base, name=config.name)
     results: list[dict[str, Any]] = []
+    bus, backend, _channel = loopback_pair(bus)
     try:
-        bus, backend, _channel = loopback_pair(bus)
         for dev_num, type_name in config.devices:
             result: dict[str, Any] = {"dev_num": dev_num, "type": type_name, "ok": False}
             results.append(result)
             try:
-                backend.serve(dev_num, make_device(type_name))
+                model = make_device(type_name)
+            except (VirtioMsgError, ValueError, OSError) as exc:
+                result["error"] = f"backend: {exc}"
+                continue
+            try:
+                backend.serve(dev_num, model)
             except (VirtioMsgError, ValueError) as exc:
+                model.close()
                 result["error"] = f"backend: {exc}"
                 continue
             entry = bus.device(dev_num)
@@ -137,7 +144,9 @@ def run_one(config: RunConfig) -> dict[str, Any]:
                 result["error"] = "device vanished after ADD"
                 continue
             result["type"] = entry.type_name
-            result["features"] = feature_names(entry.transport.negotiated_features)
+            result["features"] = feature_names(
+                entry.transport.negotiated_features, entry.device_id
+            )
             if entry.error or entry.driver is None:
                 result["error"] = entry.error or "no driver bound"
                 continue
@@ -149,6 +158,8 @@ def run_one(config: RunConfig) -> dict[str, Any]:
         return _bus_report(bus, config, results)
     finally:
         bus.close()
+        for served in backend.devices.values():
+            served.model.close()
 
 
 def run_loopback(configs: list[RunConfig]) -> dict[str, Any]:

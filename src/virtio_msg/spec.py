@@ -171,6 +171,27 @@ DEVICE_TYPE_NAMES: Final[dict[int, str]] = {
 """Short device type names used in summaries and on the command line."""
 
 
+DEVICE_FEATURE_NAMES: Final[dict[int, dict[int, str]]] = {
+    DeviceId.NET: {0: "CSUM", 1: "GUEST_CSUM", 5: "MAC", 16: "STATUS", 17: "CTRL_VQ", 22: "MQ"},
+    DeviceId.BLOCK: {
+        1: "SIZE_MAX",
+        2: "SEG_MAX",
+        4: "GEOMETRY",
+        5: "RO",
+        6: "BLK_SIZE",
+        9: "FLUSH",
+        10: "TOPOLOGY",
+        11: "CONFIG_WCE",
+        12: "MQ",
+        13: "DISCARD",
+        14: "WRITE_ZEROES",
+    },
+    DeviceId.CONSOLE: {0: "SIZE", 1: "MULTIPORT", 2: "EMERG_WRITE"},
+    DeviceId.I2C: {0: "ZERO_LENGTH_REQUEST"},
+}
+"""Names of device-type feature bits (bits 0-23), for summaries."""
+
+
 def feature_bit(bit: int) -> int:
     """Return the feature mask for feature bit number ``bit``."""
     return 1 << bit

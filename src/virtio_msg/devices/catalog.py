@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from virtio_msg.devices.blk import BlkDevice
 from virtio_msg.devices.rng import RngDevice
 from virtio_msg.transport.device import DeviceModel
 
@@ -12,6 +13,7 @@ DeviceFactory = Callable[..., DeviceModel]
 
 CATALOG: dict[str, DeviceFactory] = {
     "rng": RngDevice,
+    "blk": BlkDevice,
 }
 """Factories of the built-in device models, keyed by the short type name."""
 

@@ -131,6 +131,9 @@ class DeviceModel:
     def queue_reset(self, index: int) -> None:
         """Called when queue ``index`` is reset by RESET_VQUEUE."""
 
+    def close(self) -> None:
+        """Release what the model holds (files, worker state); called when it is retired."""
+
     def config_write(self, offset: int, data: bytes) -> bool:
         """Apply a driver write all-or-nothing; default: only declared writable ranges."""
         end = offset + len(data)

@@ -141,8 +141,11 @@ class DriverTransport:
 
     def reset(self) -> None:
         """Reset the device and wait (bounded) for it; clears a broken mark on success."""
-        self._detach_queues()
-        self._run(self.engine.reset(), recovering=True)
+        try:
+            self._run(self.engine.reset(), recovering=True)
+        finally:
+            # Reset first, then free: the device must have stopped using the rings.
+            self._detach_queues()
         self.broken = None
 
     def initialize(self) -> int:
