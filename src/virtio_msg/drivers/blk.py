@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from typing import ClassVar, Final
 
 import virtio_msg.spec as C
-from virtio_msg.devices.blk import (
+from virtio_msg.devices.blk_protocol import (
     CONFIG,
     ID_BYTES,
     POOL_MAPPING_CAP,
