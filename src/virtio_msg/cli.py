@@ -238,9 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_run)
 
+    from virtio_msg.console_cli import add_console_parser
     from virtio_msg.dt.cli import add_dt_parser
 
     add_dt_parser(sub)
+    add_console_parser(sub)
 
     p = sub.add_parser(
         "nbd", help="export a virtio-blk disk through virtio-msg over NBD (Unix socket)"

@@ -25,7 +25,7 @@ from virtio_msg.wire import Profile
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEVICES: tuple[tuple[int, str], ...] = ((0, "rng"), (1, "blk"))
+DEFAULT_DEVICES: tuple[tuple[int, str], ...] = ((0, "rng"), (1, "blk"), (2, "console"), (3, "i2c"))
 """Built-in devices of the embedded default: (device number, type)."""
 
 
@@ -144,9 +144,7 @@ def run_one(config: RunConfig) -> dict[str, Any]:
                 result["error"] = "device vanished after ADD"
                 continue
             result["type"] = entry.type_name
-            result["features"] = feature_names(
-                entry.transport.negotiated_features, entry.device_id
-            )
+            result["features"] = feature_names(entry.transport.negotiated_features, entry.device_id)
             if entry.error or entry.driver is None:
                 result["error"] = entry.error or "no driver bound"
                 continue
@@ -187,4 +185,8 @@ __all__ = [
     "DEFAULT_DEVICES",
     "RunConfig",
     "feature_names",
-    "from_tree", "percentile", "run_loopback", "run_one"]
+    "from_tree",
+    "percentile",
+    "run_loopback",
+    "run_one",
+]

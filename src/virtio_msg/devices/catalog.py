@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from virtio_msg.devices.blk import BlkDevice
+from virtio_msg.devices.console import ConsoleDevice
+from virtio_msg.devices.i2c import I2CDevice
 from virtio_msg.devices.rng import RngDevice
 from virtio_msg.transport.device import DeviceModel
 
@@ -14,6 +16,8 @@ DeviceFactory = Callable[..., DeviceModel]
 CATALOG: dict[str, DeviceFactory] = {
     "rng": RngDevice,
     "blk": BlkDevice,
+    "console": ConsoleDevice,
+    "i2c": I2CDevice,
 }
 """Factories of the built-in device models, keyed by the short type name."""
 

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from virtio_msg.drivers.base import TRANSPORT_FEATURES, Driver
 from virtio_msg.drivers.blk import BlkDriver
+from virtio_msg.drivers.console import ConsoleDriver
+from virtio_msg.drivers.i2c import DS1338Client, I2CDriver
 from virtio_msg.drivers.rng import RngDriver
 
-DRIVERS: dict[int, type[Driver]] = {cls.device_id: cls for cls in (RngDriver, BlkDriver)}
+DRIVERS: dict[int, type[Driver]] = {
+    cls.device_id: cls for cls in (RngDriver, BlkDriver, ConsoleDriver, I2CDriver)
+}
 """The built-in drivers by device id; a bus binds devices through this table."""
 
-__all__ = ["DRIVERS", "TRANSPORT_FEATURES", "BlkDriver", "Driver", "RngDriver"]
+__all__ = [
+    "DRIVERS",
+    "TRANSPORT_FEATURES",
+    "BlkDriver",
+    "ConsoleDriver",
+    "DS1338Client",
+    "Driver",
+    "I2CDriver",
+    "RngDriver",
+]

@@ -38,6 +38,7 @@ it touches was bounds-checked by the region once, at construction.
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass
 from typing import Final, NamedTuple, NoReturn
 
@@ -207,6 +208,7 @@ class DmaPool:
         self._zeros = memoryview(bytes(max_segment_slots * slot_size))
         self._hint = 0  # every slot below the hint is in use: first fit searches from it
         self._live: dict[int, Mapping] = {}
+        self._lock = threading.Lock()  # drivers on several threads share one pool
         self._coherent: dict[int, tuple[int, int, int]] = {}  # addr -> (slot, nslots, size)
         self._slots_used = 0
         self._high_water = 0
@@ -252,6 +254,47 @@ class DmaPool:
         :class:`MappingTooLarge` or :class:`PoolExhausted`; on error nothing
         is allocated.
         """
+        with self._lock:
+            return self._map(data, direction)
+
+    def unmap(self, mapping: Mapping | int) -> bytes | None:
+        """Release a streaming mapping; return the device-written bytes, if any.
+
+        For ``FROM_DEVICE`` and ``BIDIRECTIONAL`` mappings the bounce copy is
+        returned (and copied into the original buffer when that was writable);
+        ``TO_DEVICE`` returns ``None``.  ``mapping`` is the :class:`Mapping`
+        from :meth:`map` or its bus address.  Raises :class:`UnknownMapping`
+        for anything that is not live.
+        """
+        with self._lock:
+            return self._unmap(mapping)
+
+    def alloc_coherent(self, size: int, align: int | None = None) -> int:
+        """Allocate ``size`` zeroed bytes and return their bus address.
+
+        The run is aligned to ``align`` (default: the pool's ``coherent_align``).
+        Raises :class:`EmptyMapping` or :class:`PoolExhausted`.
+        """
+        with self._lock:
+            return self._alloc_coherent(size, align)
+
+    def free_coherent(self, addr: int) -> None:
+        """Free a coherent allocation by its bus address (:class:`UnknownMapping` if not live)."""
+        with self._lock:
+            return self._free_coherent(addr)
+
+    def sync_for_cpu(self, mapping: Mapping) -> bytes:
+        """Return the current bounce-buffer contents of a live mapping without unmapping."""
+        with self._lock:
+            return self._sync_for_cpu(mapping)
+
+    def sync_for_device(self, mapping: Mapping, data: BufferLike) -> None:
+        """Bounce ``data`` again into a live mapping (at most its length)."""
+        with self._lock:
+            return self._sync_for_device(mapping, data)
+
+
+    def _map(self, data: BufferLike | int, direction: DmaDirection) -> Mapping:
         # This is the bounce hot path: locals and one pass, no helper calls.
         kind = type(data)
         target: memoryview | None = None
@@ -302,15 +345,7 @@ class DmaPool:
             f"({self._slots_used}/{self._nslots} slots in use, {len(self._live)} live mappings)"
         )
 
-    def unmap(self, mapping: Mapping | int) -> bytes | None:
-        """Release a streaming mapping; return the device-written bytes, if any.
-
-        For ``FROM_DEVICE`` and ``BIDIRECTIONAL`` mappings the bounce copy is
-        returned (and copied into the original buffer when that was writable);
-        ``TO_DEVICE`` returns ``None``.  ``mapping`` is the :class:`Mapping`
-        from :meth:`map` or its bus address.  Raises :class:`UnknownMapping`
-        for anything that is not live.
-        """
+    def _unmap(self, mapping: Mapping | int) -> bytes | None:
         live_maps = self._live
         if type(mapping) is Mapping:
             addr, length, direction, slot, nslots, target = mapping
@@ -342,16 +377,14 @@ class DmaPool:
             return f"{addr:#x} is a coherent allocation, not a streaming mapping"
         return f"no live mapping at {addr:#x} (double unmap or never mapped)"
 
-    def sync_for_cpu(self, mapping: Mapping) -> bytes:
-        """Return the current bounce-buffer contents of a live mapping without unmapping."""
+    def _sync_for_cpu(self, mapping: Mapping) -> bytes:
         live = self._check_live(mapping)
         off = live.slot << self._shift
         data = bytes(self._view[off : off + live.length])
         self._from_device += live.length
         return data
 
-    def sync_for_device(self, mapping: Mapping, data: BufferLike) -> None:
-        """Bounce ``data`` again into a live mapping (at most its length)."""
+    def _sync_for_device(self, mapping: Mapping, data: BufferLike) -> None:
         live = self._check_live(mapping)
         src = memoryview(data).cast("B")
         if src.nbytes > live.length:
@@ -371,12 +404,7 @@ class DmaPool:
 
     # --- coherent allocations -----------------------------------------------
 
-    def alloc_coherent(self, size: int, align: int | None = None) -> int:
-        """Allocate ``size`` zeroed bytes and return their bus address.
-
-        The run is aligned to ``align`` (default: the pool's ``coherent_align``).
-        Raises :class:`EmptyMapping` or :class:`PoolExhausted`.
-        """
+    def _alloc_coherent(self, size: int, align: int | None = None) -> int:
         if size <= 0:
             raise EmptyMapping(f"cannot allocate {size} bytes")
         align = self._align if align is None else align
@@ -413,8 +441,7 @@ class DmaPool:
         self._coherent_bytes += size
         return addr
 
-    def free_coherent(self, addr: int) -> None:
-        """Free a coherent allocation by its bus address (:class:`UnknownMapping` if not live)."""
+    def _free_coherent(self, addr: int) -> None:
         entry = self._coherent.pop(addr, None)
         if entry is None:
             what = "a streaming mapping" if addr in self._live else "not a live allocation"
@@ -429,6 +456,10 @@ class DmaPool:
 
     def stats(self) -> PoolStats:
         """Return a snapshot of the pool's usage counters."""
+        with self._lock:
+            return self._stats()
+
+    def _stats(self) -> PoolStats:
         return PoolStats(
             slot_size=self._slot_size,
             slots_total=self._nslots,
