@@ -13,13 +13,15 @@ and holds no per-message state, so one codec can serve any number of threads.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeAlias
 
 import virtio_msg.spec as C
 from virtio_msg.errors import EncodeError, MalformedMessage
 from virtio_msg.wire import rfc1, spec
-from virtio_msg.wire._layout import Layout, Tail, build_registry, u32_array
+from virtio_msg.wire._fastpath import Encoder, make_decoder, make_encoder
+from virtio_msg.wire._layout import Layout, build_registry
 
 Message: TypeAlias = Any
 """Any message: an immutable tuple subclass from ``wire.spec``/``wire.rfc1`` (or
@@ -140,14 +142,6 @@ def with_header(msg: Message, dev_num: int, token: int) -> Message:
     return _new_tuple(type(msg), msg[:-2] + (dev_num, token))
 
 
-def _sized_ok(msg: Message, sized: tuple[tuple[int, int], ...]) -> bool:
-    for i, k in sized:
-        value = msg[i]
-        if type(value) is not bytes or len(value) != k:
-            return False
-    return True
-
-
 class Codec:
     """Encoder/decoder for one wire profile and one maximum message size.
 
@@ -159,15 +153,28 @@ class Codec:
     __slots__ = (
         "_by_cls",
         "_by_key",
-        "_fast",
-        "_fixed_dec",
         "_hdr",
         "_info",
-        "_tail_enc",
+        "decode",
+        "encode",
         "header_size",
         "max_size",
         "profile",
     )
+
+    encode: Callable[[Message], bytes]
+    """Encode one message of this profile; raise EncodeError if it cannot be sent.
+
+    A specialised encoder per message class handles valid messages; anything
+    unusual goes to the general path, which raises the precise error.
+    """
+    decode: Callable[[Buffer], Message]
+    """Decode one message; raise MalformedMessage (and nothing else) if invalid.
+
+    Valid standard messages take a fast path that repeats every check of
+    :meth:`decode_header` in one expression; anything unusual (an error, an
+    implementation-defined id) takes the general path, which names the field.
+    """
 
     def __init__(self, profile: Profile | str = Profile.SPEC, max_size: int | None = None) -> None:
         """Select the profile and validate ``max_size`` against its limits."""
@@ -193,37 +200,23 @@ class Codec:
         self._by_key = info.by_key
         self._by_cls = info.by_cls
         hdr_fmt = info.header.format.lstrip("<")
-        self._fast = {
-            lay.cls: (
-                struct.Struct("<" + hdr_fmt + lay.fmt.lstrip("<")),
-                lay.type_bits,
-                lay.msg_id,
-                self.header_size + lay.fixed.size,
-                lay.nfixed,
-                lay.sized_bytes,
-                lay.bus,
-            )
-            for lay in info.by_key.values()
-            if lay.tail is Tail.NONE
-        }
-        self._tail_enc = {
-            lay.cls: (
-                struct.Struct("<" + hdr_fmt + lay.fmt.lstrip("<")),
-                lay.type_bits,
-                lay.msg_id,
-                self.header_size + lay.fixed.size,
-                lay.nfixed,
-                lay,
-                lay.bus,
-            )
-            for lay in info.by_key.values()
-            if lay.tail is not Tail.NONE
-        }
-        self._fixed_dec = {
-            key: (lay.cls, lay.fixed, lay.fixed.size)
-            for key, lay in info.by_key.items()
-            if lay.tail is Tail.NONE
-        }
+        encoders: dict[type, Encoder] = {}
+        for lay in info.by_key.values():
+            enc = make_encoder(lay, hdr_fmt, self.header_size == 8, max_size)
+            if enc is not None:
+                encoders[lay.cls] = enc
+        slow_encode = self._encode_slow
+
+        def encode(msg: Message) -> bytes:
+            enc = encoders.get(msg.__class__)
+            if enc is not None:
+                out = enc(msg)
+                if out is not None:
+                    return out
+            return slow_encode(msg)
+
+        self.encode = encode
+        self.decode = make_decoder(self._hdr, max_size, self._by_key, self._decode_slow)
 
     def __repr__(self) -> str:
         """Show the profile and size."""
@@ -279,37 +272,6 @@ class Codec:
             raise MalformedMessage(f"event id {msg_id:#04x} carries the response bit", "type")
         return Header(typ, msg_id, dev_num, token, size)
 
-    def decode(self, data: Buffer) -> Message:
-        """Decode one message; raise MalformedMessage (and nothing else) if invalid."""
-        # Fast path: a well-formed standard message.  Every check of
-        # decode_header is repeated here in one expression; anything unusual
-        # (an error, an implementation-defined id) takes the slow path, which
-        # produces the precise error.
-        n = len(data)
-        hs = self.header_size
-        if n >= hs:
-            if hs == 8:
-                typ, msg_id, dev_num, token, size = self._hdr.unpack_from(data)
-            else:
-                typ, msg_id, dev_num, size = self._hdr.unpack_from(data)
-                token = 0
-            if (
-                hs <= size <= n
-                and size <= self.max_size
-                and not (typ & 2 and dev_num)
-                and not (typ & 1 and msg_id & 0x40)
-            ):
-                key = ((typ & 3) << 8) | msg_id
-                fixed = self._fixed_dec.get(key)
-                if fixed is not None:
-                    cls, body, body_size = fixed
-                    if size - hs >= body_size:
-                        return _new_tuple(cls, body.unpack_from(data, hs) + (dev_num, token))
-                lay = self._by_key.get(key)
-                if lay is not None:
-                    return lay.decode_payload(data, hs, size, dev_num, token)
-        return self._decode_slow(data)
-
     def _decode_slow(self, data: Buffer) -> Message:
         typ, msg_id, dev_num, token, size = self.decode_header(data)
         lay = self._by_key.get(((typ & 3) << 8) | msg_id)
@@ -330,33 +292,9 @@ class Codec:
 
     # --- encoding -------------------------------------------------------------------
 
-    def encode(self, msg: Message) -> bytes:
-        """Encode one message of this profile; raise EncodeError if it cannot be sent."""
+    def _encode_slow(self, msg: Message) -> bytes:
+        """General encoder: validates everything and raises the precise EncodeError."""
         cls = type(msg)
-        fast = self._fast.get(cls)
-        if fast is not None:
-            # Fast path: a fixed-size message whose header checks pass; any
-            # problem falls through to the general path for a precise error.
-            full, type_bits, msg_id, size, nfixed, sized, bus = fast
-            dev_num = msg[-2]
-            token = msg[-1]
-            if (
-                size <= self.max_size
-                and not (bus and dev_num)
-                and (not sized or _sized_ok(msg, sized))
-            ):
-                try:
-                    if self.header_size == 8:
-                        return full.pack(type_bits, msg_id, dev_num, token, size, *msg[:nfixed])
-                    if not token:
-                        return full.pack(type_bits, msg_id, dev_num, size, *msg[:nfixed])
-                except (struct.error, TypeError):
-                    pass
-        tailed = self._tail_enc.get(cls)
-        if tailed is not None:
-            out = self._encode_tailed(msg, tailed)
-            if out is not None:
-                return out
         if cls is GenericMessage:
             g: GenericMessage = msg
             if not 0x80 <= g.msg_id <= 0xFF:
@@ -398,41 +336,6 @@ class Codec:
                 f"header field out of range: dev_num={dev_num!r}, token={token!r}"
             ) from None
         return header + payload
-
-    def _encode_tailed(self, msg: Message, entry: tuple[Any, ...]) -> bytes | None:
-        """Fast encode of a message with a variable tail; None means "use the slow path"."""
-        full, type_bits, msg_id, base, nfixed, lay, bus = entry
-        tail = msg[nfixed]
-        count = msg[lay.count_index]
-        if lay.tail_code == 1:
-            if type(tail) is not tuple or len(tail) != count:
-                return None
-            try:
-                raw = u32_array(count).pack(*tail)
-            except (struct.error, TypeError):
-                return None
-        else:
-            if type(tail) is not bytes:
-                return None
-            n = len(tail)
-            if n != lay.tail_size(count) and not (lay.tail_code == 3 and n == 0):
-                return None
-            raw = tail
-        size = base + len(raw)
-        dev_num = msg[-2]
-        token = msg[-1]
-        if size > self.max_size or (bus and dev_num):
-            return None
-        try:
-            if self.header_size == 8:
-                out: bytes = full.pack(type_bits, msg_id, dev_num, token, size, *msg[:nfixed])
-                return out + raw
-            if not token:
-                out = full.pack(type_bits, msg_id, dev_num, size, *msg[:nfixed])
-                return out + raw
-        except (struct.error, TypeError):
-            pass
-        return None
 
     def with_token(self, data: Buffer, token: int) -> bytes:
         """Return ``data`` (a valid message) with its header token replaced.

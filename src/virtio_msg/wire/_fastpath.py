@@ -1,0 +1,208 @@
+"""Generated fast paths for the codec's hot loops.
+
+Strategy: for each message class the codec builds, once, a small encoder
+function specialised to that class's layout, its header format and the bus's
+maximum size (the way ``collections.namedtuple`` generates code): the fields
+are unpacked by position and packed with one precompiled ``struct.Struct``,
+with the header constants inlined.  An encoder returns ``None`` whenever
+anything is unusual (a value out of range, a tail that disagrees with its
+count, a message too large); the codec then takes its general path, which
+raises the precise :class:`~virtio_msg.errors.EncodeError`.  The decode fast
+path is a closure over the codec's tables for the same reason: the checks of
+the general path are repeated in one expression, and anything unusual falls
+back to it.  Nothing here decides validity on its own.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from virtio_msg.wire._layout import Layout, Tail, u32_array
+
+Encoder = Callable[[Any], bytes | None]
+Decoder = Callable[[Any], Any]
+
+
+def make_encoder(lay: Layout, header_fmt: str, has_token: bool, max_size: int) -> Encoder | None:
+    """Return a specialised encoder for ``lay``, or None if it can never fit."""
+    full = struct.Struct("<" + header_fmt + lay.fmt.lstrip("<"))
+    base = full.size
+    if base > max_size:
+        return None
+    nfields = len(lay.payload_fields)
+    names = [f"f{i}" for i in range(nfields)]
+    fixed = names[: lay.nfixed]
+    lines = ["def enc(msg):", f"    {', '.join([*names, 'dev_num', 'token'])}, = msg"]
+    if lay.bus:
+        lines.append("    if dev_num: return None")
+    if not has_token:
+        lines.append("    if token: return None")
+    for pos, size in lay.sized_bytes:
+        lines.append(f"    if f{pos}.__class__ is not bytes or len(f{pos}) != {size}: return None")
+    head = f"{lay.type_bits}, {lay.msg_id}, dev_num, " + ("token, " if has_token else "")
+    if lay.tail is Tail.NONE:
+        args = ", ".join([*fixed])
+        lines += [
+            "    try:",
+            f"        return _pack({head}{base}{', ' if args else ''}{args})",
+            "    except (_error, TypeError, OverflowError):",
+            "        return None",
+        ]
+    else:
+        tail = names[-1]
+        count = f"f{lay.count_index}"
+        if lay.tail is Tail.U32_ARRAY:
+            lines += [
+                f"    if {tail}.__class__ is not tuple or len({tail}) != {count}: return None",
+                "    try:",
+                f"        raw = _u32({count}).pack(*{tail})",
+                "    except (_error, TypeError, OverflowError):",
+                "        return None",
+            ]
+        else:
+            lines += [
+                f"    if {tail}.__class__ is not bytes: return None",
+                f"    n = len({tail})",
+            ]
+            if lay.tail is Tail.BYTES_EXACT:
+                lines.append(f"    if n != {count}: return None")
+            elif lay.tail is Tail.BYTES_OPTIONAL:
+                lines.append(f"    if n and n != {count}: return None")
+            else:
+                lines.append(f"    if n != ({count} + 7) >> 3: return None")
+            lines.append(f"    raw = {tail}")
+        lines += [
+            f"    size = {base} + len(raw)",
+            f"    if size > {max_size}: return None",
+            "    try:",
+            f"        return _pack({head}size, {', '.join(fixed)}) + raw",
+            "    except (_error, TypeError, OverflowError):",
+            "        return None",
+        ]
+    namespace: dict[str, Any] = {"_pack": full.pack, "_error": struct.error, "_u32": u32_array}
+    exec("\n".join(lines), namespace)
+    encoder: Encoder = namespace["enc"]
+    return encoder
+
+
+def make_tail_decoder(lay: Layout) -> Callable[[Any, int, int, int, int], Any]:
+    """Return a specialised payload decoder for a layout with a variable tail.
+
+    Valid payloads are decoded inline; anything else goes to the layout's
+    general :meth:`~virtio_msg.wire._layout.Layout.decode_payload`, which
+    raises the precise error.
+    """
+    fixed_size = lay.fixed.size
+    fixed = [f"f{i}" for i in range(lay.nfixed)]
+    count = f"f{lay.count_index}"
+    lines = [
+        "def dec(data, start, end, dev_num, token):",
+        f"    tail_len = end - start - {fixed_size}",
+        "    if tail_len < 0: return _slow(data, start, end, dev_num, token)",
+        f"    {', '.join(fixed)}, = _unpack(data, start)",
+    ]
+    values = ", ".join(fixed)
+    if lay.tail is Tail.U32_ARRAY:
+        lines += [
+            f"    if tail_len == {count} * 4:",
+            f"        tail = _u32({count}).unpack_from(data, start + {fixed_size})",
+            f"        return _new(_cls, ({values}, tail, dev_num, token))",
+        ]
+    else:
+        if lay.tail is Tail.BYTES_EXACT:
+            ok = f"tail_len == {count}"
+        elif lay.tail is Tail.BYTES_OPTIONAL:
+            ok = f"(tail_len == {count} or tail_len == 0)"
+        else:
+            ok = f"tail_len == ({count} + 7) >> 3"
+        lines += [
+            f"    if {ok}:",
+            f"        tail = bytes(data[start + {fixed_size}:end])",
+            f"        return _new(_cls, ({values}, tail, dev_num, token))",
+        ]
+    lines.append("    return _slow(data, start, end, dev_num, token)")
+    namespace: dict[str, Any] = {
+        "_unpack": lay.fixed.unpack_from,
+        "_u32": u32_array,
+        "_new": tuple.__new__,
+        "_cls": lay.cls,
+        "_slow": lay.decode_payload,
+    }
+    exec("\n".join(lines), namespace)  # generated from our own layout table
+    decoder: Callable[[Any, int, int, int, int], Any] = namespace["dec"]
+    return decoder
+
+
+def make_decoder(
+    header: struct.Struct,
+    max_size: int,
+    by_key: dict[int, Layout],
+    slow: Decoder,
+) -> Decoder:
+    """Return the decode function of one codec: fast for valid standard messages."""
+    hs = header.size
+    unpack_header = header.unpack_from
+    new = tuple.__new__
+    fixed: dict[int, tuple[Any, Any, int]] = {
+        key: (lay.cls, lay.fixed.unpack_from, lay.fixed.size)
+        for key, lay in by_key.items()
+        if lay.tail is Tail.NONE
+    }
+    tailed = {
+        key: make_tail_decoder(lay) for key, lay in by_key.items() if lay.tail is not Tail.NONE
+    }
+
+    if hs == 8:
+
+        def decode(data: Any) -> Any:
+            n = len(data)
+            if n >= 8:
+                typ, msg_id, dev_num, token, size = unpack_header(data)
+                if (
+                    8 <= size <= n
+                    and size <= max_size
+                    and not (typ & 2 and dev_num)
+                    and not (typ & 1 and msg_id & 0x40)
+                ):
+                    key = (typ & 3) << 8 | msg_id
+                    entry = fixed.get(key)
+                    if entry is not None:
+                        cls, unpack_body, body_size = entry
+                        if size - 8 >= body_size:
+                            return new(cls, unpack_body(data, 8) + (dev_num, token))
+                    else:
+                        payload = tailed.get(key)
+                        if payload is not None:
+                            return payload(data, 8, size, dev_num, token)
+            return slow(data)
+
+    else:
+
+        def decode(data: Any) -> Any:
+            n = len(data)
+            if n >= hs:
+                typ, msg_id, dev_num, size = unpack_header(data)
+                if (
+                    hs <= size <= n
+                    and size <= max_size
+                    and not (typ & 2 and dev_num)
+                    and not (typ & 1 and msg_id & 0x40)
+                ):
+                    key = (typ & 3) << 8 | msg_id
+                    entry = fixed.get(key)
+                    if entry is not None:
+                        cls, unpack_body, body_size = entry
+                        if size - hs >= body_size:
+                            return new(cls, unpack_body(data, hs) + (dev_num, 0))
+                    else:
+                        payload = tailed.get(key)
+                        if payload is not None:
+                            return payload(data, hs, size, dev_num, 0)
+            return slow(data)
+
+    return decode
+
+
+__all__ = ["Decoder", "Encoder", "make_decoder", "make_encoder", "make_tail_decoder"]
