@@ -29,6 +29,7 @@ import contextlib
 import mmap
 import os
 import struct
+import sys
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -51,6 +52,7 @@ DEFAULT_SIZE: Final = 4 * 1024 * 1024
 ADDRESS_LIMIT: Final = 1 << 64
 """Bus addresses are 64-bit: no access may reach past 2**64."""
 
+_LITTLE_ENDIAN: Final = sys.byteorder == "little"
 _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<I")
 _U64: Final = struct.Struct("<Q")
@@ -97,7 +99,7 @@ class Region:
     :meth:`close`.
     """
 
-    __slots__ = ("_base", "_closed", "_end", "_fd", "_limit", "_mm", "_mv", "_size")
+    __slots__ = ("_base", "_closed", "_end", "_fd", "_limit", "_mm", "_mv", "_mv16", "_size")
 
     def __init__(
         self, size: int = DEFAULT_SIZE, base: int = DEFAULT_BASE, *, name: str = "virtio-msg"
@@ -141,6 +143,12 @@ class Region:
         self._end = base + size
         self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._mv = memoryview(self._mm)
+        # Ring indices (avail.idx, used.idx) are published with one aligned
+        # 16-bit store: struct.pack_into zero-fills its target before writing,
+        # so a peer polling the ring could read a torn 0 in between.
+        self._mv16: memoryview | None = (
+            self._mv[: size & ~1].cast("H") if _LITTLE_ENDIAN else None
+        )
         self._limit = size
         self._closed = False
 
@@ -260,8 +268,12 @@ class Region:
         return value
 
     def write_u16(self, addr: int, value: int) -> None:
-        """Store ``value`` (0..0xFFFF) as a little-endian u16."""
+        """Store ``value`` (0..0xFFFF) as a little-endian u16 (one store when aligned)."""
         off = self._offset(addr, 2)
+        mv16 = self._mv16
+        if mv16 is not None and not off & 1 and 0 <= value <= 0xFFFF:
+            mv16[off >> 1] = value
+            return
         try:
             _U16.pack_into(self._mm, off, value)
         except struct.error as exc:
@@ -307,6 +319,8 @@ class Region:
             return
         self._closed = True
         self._limit = -1
+        if self._mv16 is not None:
+            self._mv16.release()
         self._mv.release()
         # A live view still exporting the buffer keeps the mapping until it goes.
         with contextlib.suppress(BufferError):
