@@ -97,7 +97,7 @@ def main() -> None:
         raw = codec.encode(msg)
         pack, unpack = bare_pair(codec, msg)
         codec_t = measure(lambda m=msg, r=raw: (codec.encode(m), codec.decode(r)), args.seconds)
-        bare_t = measure(lambda: (pack(), unpack()), args.seconds)
+        bare_t = measure(lambda p=pack, u=unpack: (p(), u()), args.seconds)
         ratio = codec_t / bare_t
         ratios.append(ratio)
         name = codec.layout_for(msg).name + (" resp" if codec.layout_for(msg).response else "")

@@ -9,6 +9,7 @@ input — errors are one line on stderr starting with ``error:``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -184,7 +185,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         from_tree(c, profile=args.profile, max_msg_size=args.max_size, timeout_ms=args.timeout_ms)
         for c in configs_from_args(args)
     ]
-    report = run_loopback(configs)
+    if args.vhost_user:
+        from virtio_msg.vhost_cli import assign_numbers
+
+        first = configs[0]
+        taken = [n for n, _ in first.devices]
+        vhost = tuple(assign_numbers(args.vhost_user, taken))
+        configs[0] = dataclasses.replace(first, vhost=vhost)
+    if args.socket:
+        from virtio_msg.socket_cli import run_over_socket
+
+        report = run_over_socket(configs)
+    else:
+        report = run_loopback(configs)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -236,13 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_bus_args(p)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument(
+        "--socket",
+        action="store_true",
+        help="serve the devices from a separate backend process over the Unix socket "
+        "channel (same report)",
+    )
+    from virtio_msg.vhost_cli import add_vhost_run_arguments
+
+    add_vhost_run_arguments(p)
     p.set_defaults(func=cmd_run)
 
     from virtio_msg.console_cli import add_console_parser
     from virtio_msg.dt.cli import add_dt_parser
+    from virtio_msg.socket_cli import add_socket_commands
 
     add_dt_parser(sub)
     add_console_parser(sub)
+    add_socket_commands(sub)
 
     p = sub.add_parser(
         "nbd", help="export a virtio-blk disk through virtio-msg over NBD (Unix socket)"
@@ -282,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["backend", "vhost-user"]:
+        # `backend` takes built-in device names as positionals, so the vhost-user
+        # form has its own parser.
+        from virtio_msg.vhost_cli import main as vhost_main
+
+        return vhost_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")

@@ -38,6 +38,8 @@ class RunConfig:
     size: int = DEFAULT_SIZE
     params: BusParams = field(default_factory=BusParams)
     devices: tuple[tuple[int, str], ...] = DEFAULT_DEVICES
+    vhost: tuple[tuple[int, Any], ...] = ()
+    """Extra devices served by vhost-user back ends: (dev_num, vhost_cli.VhostSpec)."""
 
 
 def from_tree(
@@ -153,6 +155,10 @@ def run_one(config: RunConfig) -> dict[str, Any]:
                 result["ok"] = True
             except VirtioMsgError as exc:
                 result["error"] = str(exc)
+        if config.vhost:
+            from virtio_msg.vhost_cli import run_vhost_devices
+
+            results += run_vhost_devices(bus, backend, config.vhost)
         return _bus_report(bus, config, results)
     finally:
         bus.close()

@@ -45,6 +45,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import select
@@ -84,7 +85,6 @@ POLL_MS: Final = 500
 JOIN_TIMEOUT: Final = 5.0
 """Bound on waiting for a connection's threads when it closes, seconds."""
 _PEERCRED: Final = struct.Struct("3i")
-_SEALS: Final = getattr(os, "F_SEAL_SHRINK", 0x2) | getattr(os, "F_SEAL_GROW", 0x4)
 
 
 @dataclass(frozen=True)
@@ -240,14 +240,9 @@ def _seal(fd: int) -> bool:
     Without seals a backend could truncate the file and make the bus's own
     accesses fault (SIGBUS).
     """
-    add_seals = getattr(os, "F_ADD_SEALS", None)
-    if add_seals is None:  # pragma: no cover - Linux always has it
-        return False
-    import fcntl
-
     try:
-        fcntl.fcntl(fd, add_seals, _SEALS)
-    except OSError:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    except OSError:  # EPERM: created without MFD_ALLOW_SEALING
         return False
     return True
 
@@ -347,9 +342,9 @@ class SocketChannel:
         announce = Announcement.for_bus(
             self.bus.params, self.bus.region.base, self.bus.region.size, self.limits.max_devices
         ).encode()
+        fds = array.array("i", [self.bus.region.fd])  # RegionClosed if the bus is closed
         self.bus.attach(self)
         try:
-            fds = array.array("i", [self.bus.region.fd])
             self._sock.sendmsg(
                 [announce], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], socket.MSG_DONTWAIT
             )
@@ -370,12 +365,15 @@ class SocketChannel:
             self._send(data, request)
             return
         try:
+            if self._sock_closed:  # torn down while we waited for nothing
+                raise BusError(f"{self.name} is disconnected ({self.reason or 'closed'})")
             self._epoll.modify(self._fd, 0)  # the reader stops watching: no wake-up for it
-            self._send(data, request)
-            self._lead(self._key(data, typ & C.TYPE_BUS))
+            try:
+                self._send(data, request)
+                self._lead(self._key(data, typ & C.TYPE_BUS))
+            finally:  # level-triggered: what the leader left unread wakes the reader
+                self._epoll.modify(self._fd, select.EPOLLIN)
         finally:
-            with contextlib.suppress(OSError, ValueError):
-                self._epoll.modify(self._fd, select.EPOLLIN)  # level-triggered: leftovers wake it
             self._rlock.release()
             if self._reader_waiting:
                 with self._yield:
@@ -799,6 +797,7 @@ class _EventPump:
         self._queue: deque[tuple[SocketChannel, bytes]] = deque()
         self._cv = threading.Condition()
         self._stop = False
+        self._busy = False
         self._thread = threading.Thread(target=self._run, name=f"vmsg-{name}-events", daemon=True)
         self._thread.start()
 
@@ -811,18 +810,26 @@ class _EventPump:
     def _run(self) -> None:
         while True:
             with self._cv:
+                self._busy = False
+                if not self._queue:
+                    self._cv.notify_all()  # wait_idle() callers
                 while not self._queue and not self._stop:
                     self._cv.wait(POLL_MS / 1000)
                 if not self._queue:
                     return
                 channel, data = self._queue.popleft()
                 channel.queued_events -= 1
+                self._busy = True
             if not channel.connected:
                 continue
             try:
                 channel.bus.receive(data, channel)
             except Exception:
                 log.exception("%s: event of %s failed", channel.bus.name, channel.name)
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
 
     def stop(self) -> None:
         with self._cv:
@@ -902,6 +909,21 @@ class SocketServer:
         with self._lock:
             return list(self._channels)
 
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until what backends sent so far has been handled; True if it has.
+
+        A PING to each backend comes back after everything it sent before,
+        and then the event pump is waited for; so counters and device state
+        reflect every event already on the way (e.g. EVENT_USED of a buffer
+        the driver saw completed in shared memory first).  Bounded by
+        ``timeout`` (default: the bus's timeout) per step.
+        """
+        limit = self.bus.params.timeout_ms / 1000 if timeout is None else timeout
+        for channel in self.channels():
+            with contextlib.suppress(VirtioMsgError):
+                channel.ping(timeout=limit)
+        return self._listener is None or self._pump.wait_idle(limit)
+
     def _accept_loop(self) -> None:
         assert self._listener is not None
         poller = select.poll()
@@ -949,8 +971,16 @@ class SocketServer:
             )
             conn.close()
             return
+        try:
+            channel.start()
+        except VirtioMsgError as exc:
+            log.warning("%s: cannot serve %s: %s", self.bus.name, channel.name, exc)
+            with self._lock:
+                self._channels.remove(channel)
+            channel._epoll.close()
+            conn.close()
+            return
         log.info("%s: %s connected", self.bus.name, channel.name)
-        channel.start()
         for cb in self.on_connect:
             cb(channel)
 

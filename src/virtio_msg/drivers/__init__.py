@@ -6,10 +6,11 @@ from virtio_msg.drivers.base import TRANSPORT_FEATURES, Driver
 from virtio_msg.drivers.blk import BlkDriver
 from virtio_msg.drivers.console import ConsoleDriver
 from virtio_msg.drivers.i2c import DS1338Client, I2CDriver
+from virtio_msg.drivers.net import NetDriver
 from virtio_msg.drivers.rng import RngDriver
 
 DRIVERS: dict[int, type[Driver]] = {
-    cls.device_id: cls for cls in (RngDriver, BlkDriver, ConsoleDriver, I2CDriver)
+    cls.device_id: cls for cls in (RngDriver, BlkDriver, ConsoleDriver, I2CDriver, NetDriver)
 }
 """The built-in drivers by device id; a bus binds devices through this table."""
 
@@ -21,5 +22,6 @@ __all__ = [
     "DS1338Client",
     "Driver",
     "I2CDriver",
+    "NetDriver",
     "RngDriver",
 ]

@@ -106,7 +106,7 @@ class Region:
     ) -> None:
         """Create a memfd of ``size`` bytes, zero-filled, mapped at bus address ``base``."""
         _check_geometry(base, size)
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)  # the bus seals its size
         try:
             os.ftruncate(fd, size)
             self._setup(fd, base, size)

@@ -170,6 +170,11 @@ class DeviceModel:
         if self.transport is not None:
             self.transport.notify_used(index)
 
+    def signal_used(self, index: int) -> None:
+        """Send EVENT_USED for queue ``index`` without consulting the ring (see engine)."""
+        if self.transport is not None:
+            self.transport.signal_used(index)
+
     def update_config(self, offset: int, data: bytes) -> None:
         """Change config bytes from the device side and report it with EVENT_CONFIG."""
         if self.transport is not None:
@@ -535,6 +540,20 @@ class DeviceTransport:
         except Exception as exc:
             log.exception("device %d: model raised processing queue %d", self.dev_num, index)
             self._fail_locked(f"queue {index}: model error {exc!r}")
+
+    def signal_used(self, index: int) -> None:
+        """Send EVENT_USED for queue ``index`` unconditionally (the ring's owner decided).
+
+        For models whose rings are processed elsewhere (a vhost-user back end
+        writes the used ring and has already applied notification suppression).
+        """
+        with self._locked():
+            q = self._queue(index)
+            if q is None or q.live is None or self.params.polling_only:
+                return
+            if not self.status & C.Status.DRIVER_OK:
+                return
+            self._event(S.EventUsed(index, dev_num=self.dev_num))
 
     def notify_used(self, index: int) -> None:
         """Send EVENT_USED for queue ``index`` if the driver wants a notification."""
