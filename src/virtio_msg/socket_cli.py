@@ -143,14 +143,27 @@ def _describe(entry: DeviceEntry) -> dict[str, Any]:
 def cmd_bus(args: argparse.Namespace) -> int:
     """Run a bus serving a socket until interrupted; report backends and devices."""
     out = _Output(args.json)
+    size, base = args.size, args.base
     params = BusParams(args.profile, args.max_size, timeout_ms=args.timeout_ms)
-    bus = LoopbackBus(params, size=args.size, base=args.base, name=args.name)
+    if args.dt is not None:
+        from virtio_msg.dt.cli import configs_from_args
+
+        configs = configs_from_args(args)  # ConfigError: reported by main
+        if not 0 <= args.instance < len(configs):
+            out.error(
+                f"{args.dt} describes {len(configs)} bus instance(s); no --instance {args.instance}"
+            )
+            return 1
+        tree = configs[args.instance]
+        size, base = tree.size, tree.base
+        params = BusParams(
+            tree.profile, tree.max_msg_size, tree.transport_features, timeout_ms=tree.timeout_ms
+        )
+    bus = LoopbackBus(params, size=size, base=base, name=args.name)
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     bus.on_added.append(lambda e: events.put(("added", e)))
     bus.on_removed.append(lambda e: events.put(("removed", e)))
-    server = SocketServer(
-        bus, args.socket, limits=SocketLimits(max_connections=args.max_backends)
-    )
+    server = SocketServer(bus, args.socket, limits=SocketLimits(max_connections=args.max_backends))
     server.on_connect.append(lambda ch: events.put(("connected", ch)))
     server.on_disconnect.append(lambda ch, why: events.put(("disconnected", (ch, why))))
     try:
@@ -163,8 +176,12 @@ def cmd_bus(args: argparse.Namespace) -> int:
     out.emit(
         f"bus {bus.name} listening on {server.path} (profile {params.profile.value}, max "
         f"message {params.max_size} bytes, region {region.base:#x} + {region.size:#x})",
-        event="listening", bus=bus.name, socket=str(server.path), profile=params.profile.value,
-        max_msg_size=params.max_size, region={"base": region.base, "size": region.size},
+        event="listening",
+        bus=bus.name,
+        socket=str(server.path),
+        profile=params.profile.value,
+        max_msg_size=params.max_size,
+        region={"base": region.base, "size": region.size},
     )
     try:
         with _sigterm_as_interrupt():
@@ -184,7 +201,9 @@ def cmd_bus(args: argparse.Namespace) -> int:
     out.emit(
         f"bus {bus.name} closed; messages: {sum(totals.values())}"
         + (f", dropped: {dropped}" if dropped else ""),
-        event="closed", messages=totals, dropped=dropped,
+        event="closed",
+        messages=totals,
+        dropped=dropped,
     )
     return 0
 
@@ -196,7 +215,9 @@ def _bus_event(out: _Output, kind: str, obj: Any, *, selftest: bool) -> None:
         channel, why = obj
         out.emit(
             f"{channel.name} disconnected: {why}",
-            event="disconnected", backend=channel.name, reason=why,
+            event="disconnected",
+            backend=channel.name,
+            reason=why,
         )
     elif kind == "removed":
         out.emit(f"device {obj.dev_num} removed", event="removed", dev_num=obj.dev_num)
@@ -206,7 +227,8 @@ def _bus_event(out: _Output, kind: str, obj: Any, *, selftest: bool) -> None:
         out.emit(
             f"device {obj.dev_num} added by {facts['backend']}: {facts['type']}, {state}, "
             f"features {' '.join(facts['features']) or '-'}",
-            event="added", **facts,
+            event="added",
+            **facts,
         )
         if selftest and obj.driver is not None and not obj.error:
             try:
@@ -214,13 +236,19 @@ def _bus_event(out: _Output, kind: str, obj: Any, *, selftest: bool) -> None:
             except VirtioMsgError as exc:
                 out.emit(
                     f"device {obj.dev_num} selftest FAILED: {exc}",
-                    event="selftest", dev_num=obj.dev_num, ok=False, error=str(exc),
+                    event="selftest",
+                    dev_num=obj.dev_num,
+                    ok=False,
+                    error=str(exc),
                 )
             else:
                 shown = ", ".join(f"{k}={v}" for k, v in result.items())
                 out.emit(
                     f"device {obj.dev_num} selftest ok: {shown}",
-                    event="selftest", dev_num=obj.dev_num, ok=True, result=result,
+                    event="selftest",
+                    dev_num=obj.dev_num,
+                    ok=True,
+                    result=result,
                 )
 
 
@@ -244,7 +272,9 @@ def cmd_backend(args: argparse.Namespace) -> int:
     out.emit(
         f"connected to {args.socket} (profile {ann.profile.value}, max message "
         f"{ann.max_msg_size} bytes, region {ann.region_base:#x} + {ann.region_size:#x})",
-        event="connected", socket=str(args.socket), profile=ann.profile.value,
+        event="connected",
+        socket=str(args.socket),
+        profile=ann.profile.value,
         max_msg_size=ann.max_msg_size,
         region={"base": ann.region_base, "size": ann.region_size},
     )
@@ -267,7 +297,9 @@ def cmd_backend(args: argparse.Namespace) -> int:
                     continue
                 out.emit(
                     f"device {dev_num} added: {type_name}",
-                    event="added", dev_num=dev_num, type=type_name,
+                    event="added",
+                    dev_num=dev_num,
+                    type=type_name,
                 )
             if not client.devices:
                 return 1
@@ -275,7 +307,8 @@ def cmd_backend(args: argparse.Namespace) -> int:
                 pass
             out.emit(
                 f"bus closed the connection: {client.reason}",
-                event="disconnected", reason=client.reason,
+                event="disconnected",
+                reason=client.reason,
             )
     except KeyboardInterrupt:
         _withdraw_all(client)
@@ -324,8 +357,9 @@ def _run_one_over_socket(config: RunConfig, start_timeout: float | None) -> dict
     server = SocketServer(bus, tmp / "bus.sock")
     try:
         with tempfile.TemporaryFile() as errlog:
-            return _serve_and_exercise(config, bus, server, results, specs, wanted, added, cv,
-                                       errlog, start_timeout)
+            return _serve_and_exercise(
+                config, bus, server, results, specs, wanted, added, cv, errlog, start_timeout
+            )
     finally:
         server.close()
         bus.close()
@@ -349,9 +383,19 @@ def _serve_and_exercise(
         server.start()
         if specs:
             child = subprocess.Popen(
-                [sys.executable, "-m", BACKEND_MODULE, "backend", "--socket",
-                 str(server.path), "--quiet", *specs],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog,
+                [
+                    sys.executable,
+                    "-m",
+                    BACKEND_MODULE,
+                    "backend",
+                    "--socket",
+                    str(server.path),
+                    "--quiet",
+                    *specs,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errlog,
             )
             limit = start_timeout or max(20.0, 4 * config.params.timeout_ms / 1000)
             deadline = time.monotonic() + limit
@@ -444,16 +488,24 @@ def run_over_socket(
 
 def _add_wire_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--profile", choices=[x.value for x in Profile], default=Profile.SPEC.value,
+        "--profile",
+        choices=[x.value for x in Profile],
+        default=Profile.SPEC.value,
         help="wire profile: newest draft (spec, default) or the seed kernel (linux-rfc1)",
     )
     p.add_argument(
-        "--max-size", type=int, default=None, metavar="N",
+        "--max-size",
+        type=int,
+        default=None,
+        metavar="N",
         help="maximum message size (spec: 52..65535, default 264; linux-rfc1: 44..65535, "
         "default 44)",
     )
     p.add_argument(
-        "--timeout-ms", type=int, default=5000, metavar="MS",
+        "--timeout-ms",
+        type=int,
+        default=5000,
+        metavar="MS",
         help="per-request timeout in milliseconds (default 5000)",
     )
 
@@ -462,48 +514,81 @@ def add_socket_commands(subparsers: Any) -> None:
     """Register the ``bus`` and ``backend`` subcommands on ``subparsers``."""
     default = default_socket_path()
     p = subparsers.add_parser(
-        "bus", help="run a bus serving a Unix socket; report devices as backends add them",
+        "bus",
+        help="run a bus serving a Unix socket; report devices as backends add them",
         description="Run a loopback bus with its drivers; backends connect to the socket "
         "and add devices; each added device is probed and (unless --no-selftest) exercised.",
     )
     p.add_argument(
-        "--socket", type=Path, default=default, metavar="PATH",
+        "--socket",
+        type=Path,
+        default=default,
+        metavar="PATH",
         help=f"socket to create, in a directory only you can write (default {default})",
     )
     _add_wire_args(p)
     p.add_argument("--name", default="loopback0", help="bus name (default loopback0)")
     p.add_argument(
-        "--size", type=_int, default=DEFAULT_SIZE, metavar="BYTES",
+        "--size",
+        type=_int,
+        default=DEFAULT_SIZE,
+        metavar="BYTES",
         help=f"region size (default {DEFAULT_SIZE:#x})",
     )
     p.add_argument(
-        "--base", type=_int, default=DEFAULT_BASE, metavar="ADDR",
+        "--base",
+        type=_int,
+        default=DEFAULT_BASE,
+        metavar="ADDR",
         help=f"region bus base address (default {DEFAULT_BASE:#x})",
     )
     p.add_argument(
-        "--max-backends", type=int, default=SocketLimits.max_connections, metavar="N",
+        "--max-backends",
+        type=int,
+        default=SocketLimits.max_connections,
+        metavar="N",
         help=f"backends connected at once (default {SocketLimits.max_connections})",
     )
     p.add_argument("--no-selftest", action="store_true", help="do not exercise added devices")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    from virtio_msg.dt.cli import add_dt_arguments
+
+    add_dt_arguments(p)
+    p.add_argument(
+        "--instance",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --dt: which bus instance of the tree to serve (default 0); the tree's "
+        "region, profile, message size, transport features and timeout replace the flags",
+    )
     p.set_defaults(func=cmd_bus)
 
     p = subparsers.add_parser(
-        "backend", help="serve built-in devices to a running bus over its socket",
+        "backend",
+        help="serve built-in devices to a running bus over its socket",
         description="Connect to a bus, map its region, ADD the devices and serve them until "
         "the bus goes away or you interrupt (devices are then REMOVEd).",
     )
     p.add_argument(
-        "--socket", type=Path, default=default, metavar="PATH",
+        "--socket",
+        type=Path,
+        default=default,
+        metavar="PATH",
         help=f"the bus's socket (default {default})",
     )
     p.add_argument(
-        "devices", nargs="*", metavar="[N:]TYPE",
+        "devices",
+        nargs="*",
+        metavar="[N:]TYPE",
         help="devices to serve, e.g. rng or 5:rng (default: the built-in set of "
         f"'virtio-msg run': {' '.join(f'{n}:{t}' for n, t in DEFAULT_DEVICES)})",
     )
     p.add_argument(
-        "--connect-timeout", type=float, default=5.0, metavar="S",
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
         help="bound on connecting and receiving the announcement (default 5 s)",
     )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
