@@ -1,6 +1,6 @@
 """Golden vectors for the ``linux-rfc1`` profile (the Linux RFC v1 "seed" wire format).
 
-Every vector was composed by hand from /work/shared/reference/linux-rfc1.md
+Every vector was composed by hand from the project's shared reference linux-rfc1.md
 sections 1.2 (header) and 1.3 (payload layouts).  Nothing here was produced by
 the codec under test.
 

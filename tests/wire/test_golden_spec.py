@@ -1,6 +1,6 @@
 """Golden vectors for the ``spec`` profile (the 8-byte-header virtio-msg chapter).
 
-Every vector was composed by hand from /work/shared/reference/virtio-msg-spec.md:
+Every vector was composed by hand from the project's shared reference virtio-msg-spec.md:
 section 2 (common header), section 3 (transport messages), section 4 (bus
 messages) and Appendix A (struct formats).  Nothing here was produced by the
 codec under test.
