@@ -404,3 +404,46 @@ def test_unknown_device_type_stays_visible_without_driver(profile: str) -> None:
         entry = bus.device(0)
         assert entry is not None and entry.driver is None and entry.type_name == "id-99"
         assert entry.error == "no driver for device type 99"
+
+
+# --- device-originated events reach the driver ---------------------------------------
+
+
+class Tunable(RngDevice):
+    """An rng with 8 bytes of config the device side can change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = bytearray(8)
+
+
+def test_event_config_reaches_the_config_changed_callback(profile: str) -> None:
+    bus, backend, _ch = loopback_pair(LoopbackBus(BusParams(profile), size=1 << 20))
+    with bus:
+        model = Tunable()
+        backend.serve(0, model)
+        entry = bus.device(0)
+        assert entry is not None
+        seen: list[bytes] = []
+        entry.transport.config_changed = lambda: seen.append(entry.transport.get_config(0, 8))
+        model.update_config(2, b"\xaa\xbb")
+        assert seen == [bytes([0, 0, 0xAA, 0xBB, 0, 0, 0, 0])]
+        assert not entry.transport.needs_reset
+
+
+def test_device_needs_reset_surfaces_at_the_driver_and_reset_clears_it(profile: str) -> None:
+    bus, backend, _ch = loopback_pair(LoopbackBus(BusParams(profile), size=1 << 20))
+    with bus:
+        model = Tunable()
+        backend.serve(0, model)
+        entry = bus.device(0)
+        assert entry is not None
+        calls: list[bool] = []
+        entry.transport.config_changed = lambda: calls.append(entry.transport.needs_reset)
+        model.fail("simulated device fault")
+        assert calls == [True]
+        assert entry.transport.needs_reset
+        assert entry.transport.get_status() & C.Status.DEVICE_NEEDS_RESET
+        entry.transport.reset()
+        assert not entry.transport.needs_reset
+        assert entry.transport.get_status() == 0

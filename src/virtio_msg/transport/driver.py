@@ -95,6 +95,11 @@ class DriverTransport:
         """True if feature bit ``bit`` was negotiated."""
         return bool(self.engine.negotiated_features >> bit & 1)
 
+    @property
+    def needs_reset(self) -> bool:
+        """True once the device reported DEVICE_NEEDS_RESET (cleared by :meth:`reset`)."""
+        return bool(self.engine.status & C.Status.DEVICE_NEEDS_RESET)
+
     # --- running procedures -------------------------------------------------------
 
     def _run(self, proc: Proc[T], *, recovering: bool = False) -> T:
