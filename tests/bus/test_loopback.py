@@ -447,3 +447,38 @@ def test_device_needs_reset_surfaces_at_the_driver_and_reset_clears_it(profile: 
         entry.transport.reset()
         assert not entry.transport.needs_reset
         assert entry.transport.get_status() == 0
+
+
+# --- linux-rfc1 compatibility: every message is answered, kicks included -------------
+
+
+def test_rfc1_kick_waits_for_the_seed_style_answer() -> None:
+    bus = LoopbackBus(BusParams("linux-rfc1", timeout_ms=200), size=1 << 20)
+    with bus:
+        backend = Backend(bus.region, bus.params)
+        channel = GatedChannel(bus, backend)
+        backend.serve(0, RngDevice())
+        driver = rng(bus, 0)
+        assert len(driver.read(16)) == 16
+        assert bus.sent["EVENT_AVAIL"] >= 1
+        assert bus.received["EVENT_AVAIL resp"] == bus.sent["EVENT_AVAIL"]
+        # A backend that takes the kick but never answers it: the kick times out.
+        channel.hold = True
+        driver.vq.add((), (8,), object())
+        with pytest.raises(TransportError) as err:
+            driver.transport.notify(driver.vq)
+        assert err.value.kind == "timeout"
+
+
+def test_spec_kick_is_one_way() -> None:
+    bus = LoopbackBus(BusParams("spec", timeout_ms=200), size=1 << 20)
+    with bus:
+        backend = Backend(bus.region, bus.params)
+        channel = GatedChannel(bus, backend)
+        backend.serve(0, RngDevice())
+        driver = rng(bus, 0)
+        assert len(driver.read(16)) == 16
+        assert bus.received["EVENT_AVAIL resp"] == 0
+        channel.hold = True  # nobody will answer; a one-way kick does not care
+        driver.vq.add((), (8,), object())
+        assert driver.transport.notify(driver.vq) is True

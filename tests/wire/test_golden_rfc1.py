@@ -238,6 +238,13 @@ VECTORS = [
         R.EventAvail(2, 0x80000010, dev_num=DEV),
         id="event_avail",
     ),
+    pytest.param(
+        # type=01 msg_id=41 msg_size=6 ; the seed's answer to a kick (linux-rfc1.md 4.1:
+        # "A response is required even for EVENT_AVAIL"), no payload
+        "01 41 3412 0600",
+        R.EventAvailResp(dev_num=DEV),
+        id="event_avail_ack",
+    ),
     # ---------------------------------------------------------------- 0x42 EVENT_USED
     pytest.param(
         # type=00 msg_id=42 msg_size=10 ; index=3
@@ -295,8 +302,8 @@ ALL_RFC1_CLASSES = {
     "SetConfig", "SetConfigResp", "GetDeviceStatus", "GetDeviceStatusResp",
     "SetDeviceStatus", "SetDeviceStatusResp", "GetVqueue", "GetVqueueResp",
     "SetVqueue", "SetVqueueResp", "ResetVqueue", "ResetVqueueResp", "GetShm", "GetShmResp",
-    "EventConfig", "EventAvail", "EventUsed", "BusGetDevices", "BusGetDevicesResp",
-    "BusPing", "BusPingResp", "BusEventDevice",
+    "EventConfig", "EventAvail", "EventAvailResp", "EventUsed", "BusGetDevices",
+    "BusGetDevicesResp", "BusPing", "BusPingResp", "BusEventDevice",
 }  # fmt: skip
 
 

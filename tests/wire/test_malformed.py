@@ -387,13 +387,19 @@ def test_rejects_variable_tail_disagreeing_with_count_rfc1(
         pytest.param(
             "linux-rfc1", "01 40 3412 1600 0f000000 08000000 00000000 00000000", id="rfc1-0x40"
         ),
-        pytest.param("linux-rfc1", "01 41 3412 0e00 02000000 10000080", id="rfc1-0x41"),
         pytest.param("linux-rfc1", "01 42 3412 0a00 03000000", id="rfc1-0x42"),
         pytest.param("linux-rfc1", "03 40 0000 0a00 0700 0200", id="rfc1-bus-0x40"),
     ],
 )
 def test_rejects_event_with_response_bit(profile: str, hex_text: str) -> None:
     assert _malformed(_codec(profile), _raw(hex_text)).field in ("type", "msg_id")
+
+
+def test_rfc1_accepts_only_the_kick_acknowledgement_as_event_response() -> None:
+    """The seed answers EVENT_AVAIL (linux-rfc1.md 4.1); spec and other events refuse it."""
+    assert _codec("linux-rfc1").decode(_raw("01 41 3412 0600")) == R.EventAvailResp(dev_num=0x1234)
+    assert _malformed(_codec("spec"), _raw("01 41 3412 0000 0800")).field in ("type", "msg_id")
+    assert _malformed(_codec("linux-rfc1"), _raw("03 41 0000 0600")).field in ("type", "msg_id")
 
 
 @pytest.mark.parametrize(
@@ -1032,7 +1038,9 @@ def test_all_type_and_msg_id_combinations(profile: str, header: int) -> None:
             msg = _decode_or_malformed(codec, hdr + payload)
             if msg is None:
                 continue
-            if msg_id & 0x40:
+            # The one event response: linux-rfc1's acknowledgement of EVENT_AVAIL.
+            seed_ack = profile == "linux-rfc1" and msg_id == 0x41 and type_ & 0x03 == 0x01
+            if msg_id & 0x40 and not seed_ack:
                 assert not type_ & 0x01, f"event {msg_id:#x} decoded with response bit"
             if msg_id < 0x80:
                 known = BUS_IDS if type_ & 0x02 else TRANSPORT_IDS

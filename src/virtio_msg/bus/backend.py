@@ -20,6 +20,8 @@ from virtio_msg.memory import Region
 from virtio_msg.transport.device import DeviceModel, DeviceTransport
 from virtio_msg.transport.params import BusParams
 from virtio_msg.wire import Message
+from virtio_msg.wire import rfc1 as R
+from virtio_msg.wire import spec as S
 from virtio_msg.wire.translate import WireAdapter
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,12 @@ class Backend:
         if transport is None:
             self.dropped["unknown-device"] += 1
             return
+        if self.adapter.rfc1 and type(msg) is S.EventAvail and self.port is not None:
+            # linux-rfc1 compatibility: the seed's bus waits for an answer to
+            # every message, kicks included (linux-rfc1.md 4.1).  The answer goes
+            # first: a kick the processing causes (a driver re-posting buffers
+            # from its used-buffer callback) must not overtake it.
+            self.port.send(self.adapter.encode(R.EventAvailResp(dev_num=msg.dev_num)))
         resp = transport.handle(msg)
         if resp is not None and self.port is not None:
             self.port.send(self.adapter.encode(resp))

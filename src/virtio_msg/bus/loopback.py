@@ -57,6 +57,7 @@ from virtio_msg.memory import DmaPool, Region
 from virtio_msg.transport.driver import DriverTransport
 from virtio_msg.transport.params import BusParams
 from virtio_msg.wire import GenericMessage, Message, with_header
+from virtio_msg.wire import rfc1 as R
 from virtio_msg.wire import spec as S
 from virtio_msg.wire.translate import WireAdapter
 
@@ -344,6 +345,11 @@ class LoopbackBus:
 
     def _event_sender(self, dev_num: int) -> Callable[[Message], None]:
         def send_event(msg: Message) -> None:
+            if self.adapter.rfc1 and type(msg) is S.EventAvail:
+                # linux-rfc1 compatibility: the seed answers every message, kicks
+                # included, and its bus waits for that answer (linux-rfc1.md 4.1).
+                self._request(dev_num, msg)
+                return
             with self._lock:
                 entry = self._devices.get(dev_num)
             if entry is None:
@@ -386,16 +392,20 @@ class LoopbackBus:
             if entry is None or entry.channel is not channel:
                 self.dropped["response-not-from-owner"] += 1
                 return
+            msg_id = _MSG_IDS[type(msg)]
             if self.adapter.rfc1:
-                fifo = self._fifo.get(dev_num)
-                pend = fifo[0] if fifo else None
+                # No token: the oldest request of this device with the same id.
+                # The device answers in order, so among requests of one id the
+                # first response belongs to the first request.
+                fifo = self._fifo.get(dev_num, ())
+                pend = next((p for p in fifo if p.msg_id == msg_id), None)
             else:
                 pend = self._pending.get(msg[-1])
-            if pend is None or pend.dev_num != dev_num or pend.msg_id != _MSG_IDS[type(msg)]:
+            if pend is None or pend.dev_num != dev_num or pend.msg_id != msg_id:
                 self.dropped["unmatched-response"] += 1
                 return
             if self.adapter.rfc1:
-                self._fifo[dev_num].popleft()
+                self._fifo[dev_num].remove(pend)
             else:
                 del self._pending[pend.token]
             pend.complete(with_header(msg, dev_num, 0), None)  # drivers never see bus tokens
@@ -548,8 +558,11 @@ _KIND: dict[type, str] = {
     for lay in WireAdapter().codec.layouts()
 }
 """How the bus routes each draft message class it receives (GenericMessage: bus)."""
+_MSG_IDS[R.EventAvailResp] = C.TransportMsg.EVENT_AVAIL  # linux-rfc1's kick acknowledgement
+_KIND[R.EventAvailResp] = _RESPONSE
 _LABELS: dict[type, str] = {
     lay.cls: lay.name + (" resp" if lay.response else "") for lay in WireAdapter().codec.layouts()
 }
+_LABELS[R.EventAvailResp] = "EVENT_AVAIL resp"
 
 __all__ = ["DEFAULT_BASE", "DEFAULT_SIZE", "Channel", "DeviceEntry", "LoopbackBus"]

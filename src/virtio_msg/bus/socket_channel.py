@@ -238,7 +238,11 @@ class SocketChannel:
         docstring).
         """
         typ = data[0]
-        request = not typ & C.TYPE_RESPONSE and not data[1] & C.MSG_ID_EVENT
+        request = not typ & C.TYPE_RESPONSE and (
+            not data[1] & C.MSG_ID_EVENT
+            # linux-rfc1 compatibility: the seed answers EVENT_AVAIL too
+            or (self._rfc1 and not typ & C.TYPE_BUS and data[1] == C.TransportMsg.EVENT_AVAIL)
+        )
         if not request or not self._lead_enabled or not self._rlock.acquire(blocking=False):
             self._send(data, request)
             return

@@ -247,6 +247,12 @@ class Codec:
 
     # --- decoding -------------------------------------------------------------------
 
+    def _event_ack(self, typ: int, msg_id: int) -> bool:
+        """True for the one event response a profile defines: linux-rfc1's EVENT_AVAIL ack."""
+        return (
+            self.header_size != 8 and not typ & C.TYPE_BUS and msg_id == C.TransportMsg.EVENT_AVAIL
+        )
+
     def decode_header(self, data: Buffer) -> Header:
         """Decode and validate the header of ``data`` (sizes, bus dev_num)."""
         n = len(data)
@@ -268,7 +274,7 @@ class Codec:
             )
         if typ & C.TYPE_BUS and dev_num:
             raise MalformedMessage(f"bus message with dev_num {dev_num} (must be 0)", "dev_num")
-        if typ & C.TYPE_RESPONSE and msg_id & C.MSG_ID_EVENT:
+        if typ & C.TYPE_RESPONSE and msg_id & C.MSG_ID_EVENT and not self._event_ack(typ, msg_id):
             raise MalformedMessage(f"event id {msg_id:#04x} carries the response bit", "type")
         return Header(typ, msg_id, dev_num, token, size)
 

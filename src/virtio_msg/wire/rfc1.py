@@ -244,6 +244,18 @@ class EventAvail(NamedTuple):
     token: int = 0
 
 
+class EventAvailResp(NamedTuple):
+    """The seed's acknowledgement of EVENT_AVAIL (a response with msg_id 0x41).
+
+    The seed loopback waits for a response to every message, kicks included
+    (linux-rfc1.md section 4.1), so a seed-style backend answers EVENT_AVAIL.
+    Only this profile has it; the newest draft makes EVENT_AVAIL one-way.
+    """
+
+    dev_num: int = 0
+    token: int = 0
+
+
 class EventUsed(NamedTuple):
     """EVENT_USED (device to driver)."""
 
@@ -370,6 +382,7 @@ LAYOUTS: tuple[Layout, ...] = (
         count_field="size",
     ),
     Layout(EventAvail, "EVENT_AVAIL", _T.EVENT_AVAIL, fmt="<II"),
+    Layout(EventAvailResp, "EVENT_AVAIL", _T.EVENT_AVAIL, response=True),
     Layout(EventUsed, "EVENT_USED", _T.EVENT_USED, fmt="<I"),
     Layout(BusGetDevices, "BUS_GET_DEVICES", _B.GET_DEVICES, bus=True, fmt="<HH"),
     Layout(
@@ -405,6 +418,7 @@ __all__ = [
     "DeviceInfo",
     "DeviceInfoResp",
     "EventAvail",
+    "EventAvailResp",
     "EventConfig",
     "EventUsed",
     "GetConfig",

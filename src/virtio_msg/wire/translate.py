@@ -142,6 +142,7 @@ _IN: dict[type, _Fn] = {
     ),
     R.EventAvail: lambda m: S.EventAvail(m.index, m.next_offset_wrap, dev_num=m.dev_num),
     R.EventUsed: lambda m: S.EventUsed(m.index, dev_num=m.dev_num),
+    R.EventAvailResp: lambda m: m,  # no draft equivalent: the bus handles it
     R.BusGetDevices: lambda m: S.GetDevices(m.offset, m.num),
     R.BusGetDevicesResp: lambda m: S.GetDevicesResp(m.offset, m.next_offset, m.num, m.devices),
     R.BusPing: lambda m: S.Ping(m.data),
@@ -194,6 +195,7 @@ _OUT: dict[type, _Fn] = {
     ),
     S.EventAvail: lambda m: R.EventAvail(m.vq_index, m.next_offset, dev_num=m.dev_num),
     S.EventUsed: lambda m: R.EventUsed(m.vq_index, dev_num=m.dev_num),
+    R.EventAvailResp: lambda m: m,
     S.GetDevices: lambda m: R.BusGetDevices(m.offset, m.count),
     S.GetDevicesResp: lambda m: R.BusGetDevicesResp(m.offset, m.count, m.next_offset, m.bitmap),
     S.Ping: lambda m: R.BusPing(m.data),
