@@ -25,9 +25,10 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import BinaryIO, Final
 
-from virtio_msg.bus import LoopbackBus, loopback_pair
+from virtio_msg.bus import DeviceEntry, LoopbackBus, loopback_pair
 from virtio_msg.devices.console import (
     ByteStream,
     ConsoleDevice,
@@ -50,6 +51,7 @@ __all__ = [
     "main",
     "make_stream",
     "run_console",
+    "run_console_listening",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,13 @@ def add_console_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
                          help="the device side connects to 127.0.0.1:PORT")
     backend.add_argument("--pty", action="store_true",
                          help="the device side is a pseudo-terminal (its path is printed)")
+    backend.add_argument(
+        "--listen", metavar="PATH",
+        help="no device here: serve the bus on this Unix socket and use the first console "
+        "a backend adds (e.g. `virtio-msg backend --socket PATH console`)",
+    )
+    p.add_argument("--wait-ms", type=int, default=60000, metavar="MS",
+                   help="with --listen: how long to wait for a console (default 60000)")
     p.set_defaults(func=cmd_console)
 
 
@@ -105,6 +114,11 @@ def _stream_from_args(args: argparse.Namespace) -> ByteStream:
 def cmd_console(args: argparse.Namespace) -> int:
     """Handler of ``virtio-msg console``: stdin to the console, console to stdout."""
     params = BusParams(args.profile, args.max_size, timeout_ms=args.timeout_ms)
+    if args.listen:
+        return run_console_listening(
+            sys.stdin.buffer, sys.stdout.buffer, Path(args.listen), params=params,
+            wait_ms=args.wait_ms,
+        )
     try:
         stream = _stream_from_args(args)
     except OSError as exc:
@@ -160,6 +174,53 @@ def run_console(
     finally:
         bus.close()
         device.close()
+
+
+def run_console_listening(
+    stdin: BinaryIO,
+    stdout: BinaryIO,
+    path: Path,
+    *,
+    params: BusParams | None = None,
+    wait_ms: int = 60000,
+    stderr: BinaryIO | None = None,
+) -> int:
+    """Like :func:`run_console`, with the device side in another process.
+
+    The bus serves a Unix socket at ``path``; the first console device a
+    backend adds is joined to ``stdin``/``stdout``.  Waiting for it is bounded
+    by ``wait_ms``.
+    """
+    from virtio_msg.bus.socket import SocketServer
+
+    params = params or BusParams()
+    errors = stderr if stderr is not None else sys.stderr.buffer
+    limit = params.timeout_ms / 1000
+    bus = LoopbackBus(params, drivers={DeviceId.CONSOLE: ConsoleDriver}, name="console")
+    ready = threading.Event()
+    found: list[ConsoleDriver] = []
+
+    def added(entry: DeviceEntry) -> None:
+        if isinstance(entry.driver, ConsoleDriver) and not found:
+            found.append(entry.driver)
+            ready.set()
+
+    bus.on_added.append(added)
+    server = SocketServer(bus, path)
+    try:
+        server.start()
+        errors.write(f"waiting for a backend with a console at {server.path}\n".encode())
+        errors.flush()
+        if not ready.wait(wait_ms / 1000):
+            errors.write(f"error: no console device added within {wait_ms} ms\n".encode())
+            return 1
+        return _pump(found[0].console(limit), stdin, stdout, errors, limit)
+    except VirtioMsgError as exc:
+        errors.write(f"error: {exc}\n".encode())
+        return 1
+    finally:
+        server.close()
+        bus.close()
 
 
 def _pump(port: ConsolePort, stdin: BinaryIO, stdout: BinaryIO, errors: BinaryIO,
