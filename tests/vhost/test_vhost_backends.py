@@ -120,6 +120,14 @@ def test_blk_each_queue_gets_its_own_event_used(tmp_path: Path) -> None:
         drv = _blk(entry.driver)
         assert drv.num_queues == 2 and device.started_rings == [0, 1]
         seen = _used_events(device)
+        # Settle queue 0 first: a completion of the probe's requests may still be on
+        # its way (the back end's call eventfd is read by the watcher thread).
+        q0 = drv.vqs[0]
+        q0.add([struct.pack("<IIQ", 0, 0, 0)], [512, 1], object())  # READ sector 0
+        entry.transport.notify(q0)
+        assert entry.transport.wait_until(q0.get_used, WAIT)
+        entry.transport.wait_until(lambda: 0 in seen, WAIT)
+        seen.clear()
         vq = drv.vqs[1]
         token = object()
         vq.add([struct.pack("<IIQ", 0, 0, 3)], [512, 1], token)  # READ sector 3
