@@ -89,9 +89,10 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[rank]
 
 
-def _bus_report(
+def bus_report(
     bus: LoopbackBus, config: RunConfig, results: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    """The facts of one bus run: devices, messages by id, drops, pool use, latency."""
     stats = bus.pool.stats()
     lat = list(bus.latencies)
     messages: dict[str, int] = {}
@@ -159,16 +160,15 @@ def run_one(config: RunConfig) -> dict[str, Any]:
             from virtio_msg.vhost_cli import run_vhost_devices
 
             results += run_vhost_devices(bus, backend, config.vhost)
-        return _bus_report(bus, config, results)
+        return bus_report(bus, config, results)
     finally:
         bus.close()
         for served in backend.devices.values():
             served.model.close()
 
 
-def run_loopback(configs: list[RunConfig]) -> dict[str, Any]:
-    """Run every bus instance; the report says per device whether it worked."""
-    buses = [run_one(c) for c in configs]
+def combine(buses: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run report over several bus reports: all devices, summed messages and pool use."""
     devices = [d for b in buses for d in b["devices"]]
     messages: dict[str, int] = {}
     pool: dict[str, int] = {}
@@ -187,9 +187,16 @@ def run_loopback(configs: list[RunConfig]) -> dict[str, Any]:
     }
 
 
+def run_loopback(configs: list[RunConfig]) -> dict[str, Any]:
+    """Run every bus instance; the report says per device whether it worked."""
+    return combine([run_one(c) for c in configs])
+
+
 __all__ = [
     "DEFAULT_DEVICES",
     "RunConfig",
+    "bus_report",
+    "combine",
     "feature_names",
     "from_tree",
     "percentile",

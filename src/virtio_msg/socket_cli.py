@@ -33,7 +33,7 @@ from virtio_msg.bus.loopback import DEFAULT_BASE, DEFAULT_SIZE, DeviceEntry, Loo
 from virtio_msg.bus.socket import SocketChannel, SocketLimits, SocketServer, default_socket_path
 from virtio_msg.devices.catalog import CATALOG, make_device
 from virtio_msg.errors import VirtioMsgError
-from virtio_msg.runner import DEFAULT_DEVICES, RunConfig, _bus_report, feature_names
+from virtio_msg.runner import DEFAULT_DEVICES, RunConfig, bus_report, combine, feature_names
 from virtio_msg.transport.params import BusParams
 from virtio_msg.wire import Profile
 
@@ -409,7 +409,7 @@ def _serve_and_exercise(
             if "error" not in result:
                 _exercise(bus, result, child, errlog)
         server.settle()  # events still on their way are counted, as in process
-        report = _bus_report(bus, config, results)
+        report = bus_report(bus, config, results)
         report["channel"] = {
             "kind": "socket",
             "socket": str(server.path),
@@ -464,23 +464,7 @@ def run_over_socket(
     gains a ``channel`` entry).  ``start_timeout`` bounds the wait for the
     backend to add its devices (default: 20 s or 4 x the request timeout).
     """
-    buses = [_run_one_over_socket(c, start_timeout) for c in configs]
-    devices = [d for b in buses for d in b["devices"]]
-    messages: dict[str, int] = {}
-    pool: dict[str, int] = {}
-    for b in buses:
-        for key, n in b["messages"].items():
-            messages[key] = messages.get(key, 0) + n
-        for key, n in b["pool"].items():
-            pool[key] = pool.get(key, 0) + n
-    return {
-        "ok": bool(devices) and all(d["ok"] for d in devices),
-        "devices": devices,
-        "messages": dict(sorted(messages.items())),
-        "pool": pool,
-        "latency_us": buses[0]["latency_us"] if len(buses) == 1 else None,
-        "buses": buses,
-    }
+    return combine([_run_one_over_socket(c, start_timeout) for c in configs])
 
 
 # --- argument parsing --------------------------------------------------------------------------
