@@ -160,13 +160,6 @@ class Layout:
                 return js
         return attr
 
-    def attr_name(self, json_name: str) -> str:
-        """Return the Python attribute for reference-table name ``json_name``."""
-        for py, js in self.json_names:
-            if js == json_name:
-                return py
-        return json_name
-
     def decode_payload(
         self, data: bytes | bytearray | memoryview, start: int, end: int, dev_num: int, token: int
     ) -> tuple[Any, ...]:

@@ -154,7 +154,6 @@ class Codec:
         "_by_cls",
         "_by_key",
         "_hdr",
-        "_info",
         "decode",
         "encode",
         "header_size",
@@ -194,7 +193,6 @@ class Codec:
                 f"for profile {self.profile.value}"
             )
         self.max_size = max_size
-        self._info = info
         self._hdr = info.header
         self.header_size = info.header.size
         self._by_key = info.by_key
@@ -342,17 +340,6 @@ class Codec:
                 f"header field out of range: dev_num={dev_num!r}, token={token!r}"
             ) from None
         return header + payload
-
-    def with_token(self, data: Buffer, token: int) -> bytes:
-        """Return ``data`` (a valid message) with its header token replaced.
-
-        The bus owns tokens and may rewrite them on either leg; linux-rfc1 has
-        no token, so the message is returned unchanged.
-        """
-        out = bytes(data)
-        if self.header_size != 8:
-            return out
-        return out[:4] + struct.pack("<H", token & 0xFFFF) + out[6:]
 
 
 __all__ = [
