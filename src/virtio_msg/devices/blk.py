@@ -99,7 +99,7 @@ from virtio_msg.devices.blk_protocol import (
 from virtio_msg.errors import MemoryAccessError, VirtioMsgError
 from virtio_msg.memory import Region
 from virtio_msg.spec import DeviceId
-from virtio_msg.transport.device import RING_FEATURES, DeviceModel
+from virtio_msg.transport.model import RING_FEATURES, DeviceModel
 from virtio_msg.virtqueue import DescriptorChain, DeviceQueue
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from virtio_msg.devices.blk import BlkDevice
 from virtio_msg.devices.console import ConsoleDevice
 from virtio_msg.devices.i2c import I2CDevice
 from virtio_msg.devices.rng import RngDevice
-from virtio_msg.transport.device import DeviceModel
+from virtio_msg.transport.model import DeviceModel
 
 DeviceFactory = Callable[..., DeviceModel]
 

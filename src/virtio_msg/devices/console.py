@@ -48,7 +48,7 @@ from typing import Final, Protocol
 
 from virtio_msg.errors import VirtioMsgError
 from virtio_msg.spec import DeviceId
-from virtio_msg.transport.device import RING_FEATURES, DeviceModel
+from virtio_msg.transport.model import RING_FEATURES, DeviceModel
 from virtio_msg.virtqueue import DeviceQueue
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from virtio_msg.spec import DeviceId
-from virtio_msg.transport.device import RING_FEATURES, DeviceModel
+from virtio_msg.transport.model import RING_FEATURES, DeviceModel
 from virtio_msg.virtqueue import DescriptorChain, DeviceQueue
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable
 
 from virtio_msg.spec import DeviceId
-from virtio_msg.transport.device import RING_FEATURES, DeviceModel
+from virtio_msg.transport.model import RING_FEATURES, DeviceModel
 from virtio_msg.virtqueue import DeviceQueue
 
 

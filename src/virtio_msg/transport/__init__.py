@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from virtio_msg.transport.device import REQUIRED_FEATURES, DeviceModel, DeviceTransport
+from virtio_msg.transport.device import DeviceTransport
 from virtio_msg.transport.driver import DriverTransport
 from virtio_msg.transport.engine import (
     DeviceInfo,
@@ -13,6 +13,7 @@ from virtio_msg.transport.engine import (
     VqueueInfo,
     run_sync,
 )
+from virtio_msg.transport.model import REQUIRED_FEATURES, DeviceModel
 from virtio_msg.transport.params import BusParams
 
 __all__ = [

@@ -21,8 +21,10 @@ section 6.4) once, for every device model:
   EVENT_CONFIG (DEV-12, DEV-14, DEV-55);
 * malformed or unsupported messages are discarded and counted (DEV-21, DEV-32).
 
-Device models subclass :class:`DeviceModel` and implement only their
-device-specific parts: offered features, config layout, queue processing.
+Device models subclass :class:`~virtio_msg.transport.model.DeviceModel`
+(defined, with the feature constants, in :mod:`virtio_msg.transport.model` and
+re-exported here) and implement only their device-specific parts: offered
+features, config layout, queue processing.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import virtio_msg.spec as C
 from virtio_msg.errors import VirtioMsgError
+from virtio_msg.transport.model import REQUIRED_FEATURES, RING_FEATURES, VENDOR_ID, DeviceModel
 from virtio_msg.transport.params import BusParams
 from virtio_msg.virtqueue import DeviceQueue
 from virtio_msg.wire import GenericMessage, Message, with_header
@@ -45,147 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VENDOR_ID = 0x4D56_5950
-"""Vendor id our device models report ("PYVM" as little-endian ASCII)."""
-
-REQUIRED_FEATURES = (1 << C.VIRTIO_F_VERSION_1) | (1 << C.VIRTIO_F_ACCESS_PLATFORM)
-"""Every device offers these and refuses FEATURES_OK without them (ARCHITECTURE 4)."""
-
-RING_FEATURES = (
-    (1 << C.VIRTIO_F_INDIRECT_DESC) | (1 << C.VIRTIO_F_EVENT_IDX) | (1 << C.VIRTIO_F_RING_RESET)
-)
-"""Ring features the transport implements for every device (offered unless disabled)."""
-
 _U32 = 0xFFFFFFFF
 _GET_CONFIG_OVERHEAD = 12  # generation, offset, length
 _EVENT_CONFIG_OVERHEAD = 16  # device_status, generation, offset, length
-
-
-class DeviceModel:
-    """Base class of device models: the device-specific half of a virtio device.
-
-    Subclasses set :attr:`device_id`, pass their offered feature bits, config
-    bytes and queue limits to ``__init__``, and override the hooks they need.
-    The transport engine calls the hooks; models call back into the engine
-    through :meth:`notify_used`, :meth:`update_config` and :meth:`fail`.
-    """
-
-    device_id: int = 0
-    """Virtio device type (GET_DEVICE_INFO ``device_id``)."""
-    vendor_id: int = VENDOR_ID
-    name: str = "device"
-    """Short type name for summaries ("rng", "blk", ...)."""
-
-    def __init__(
-        self,
-        *,
-        features: int = 0,
-        config: bytes = b"",
-        num_queues: int = 1,
-        queue_max_size: int | tuple[int, ...] = 256,
-        uuid: bytes = bytes(16),
-        writable_config: tuple[tuple[int, int], ...] = (),
-        shm: dict[int, tuple[int, int]] | None = None,
-        ring_features: int = RING_FEATURES,
-    ) -> None:
-        """Describe the device: offered features, config bytes, queue limits, shm regions.
-
-        ``ring_features`` (default: indirect descriptors, EVENT_IDX, ring reset)
-        are offered on top of ``features``; pass 0 to offer none of them.
-        """
-        if len(uuid) != 16:
-            raise ValueError("uuid must be 16 bytes")
-        if not 0 <= num_queues <= C.MAX_VIRTQUEUES:
-            raise ValueError(f"num_queues {num_queues} out of range")
-        features |= REQUIRED_FEATURES | (ring_features & RING_FEATURES)
-        if features & (1 << C.VIRTIO_F_NOTIF_CONFIG_DATA):
-            raise ValueError("virtio-msg devices must not offer VIRTIO_F_NOTIF_CONFIG_DATA")
-        self.offered_features = features
-        self.config = bytearray(config)
-        self.num_queues = num_queues
-        if isinstance(queue_max_size, int):
-            queue_max_size = (queue_max_size,) * num_queues
-        if len(queue_max_size) != num_queues:
-            raise ValueError("one queue_max_size per queue")
-        self.queue_max_sizes = queue_max_size
-        self.uuid = bytes(uuid)
-        self.writable_config = writable_config
-        self.shm = dict(shm or {})
-        self.transport: DeviceTransport | None = None
-
-    # --- hooks (override) -----------------------------------------------------
-
-    def validate_features(self, features: int) -> bool:
-        """Return False to refuse a driver-selected feature set at FEATURES_OK."""
-        return True
-
-    def activate(self) -> None:
-        """Called when the driver sets DRIVER_OK; queues are ready."""
-
-    def reset(self) -> None:
-        """Called when the device is reset (status 0); drop all device state."""
-
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
-        """Process available buffers of queue ``index`` (after DRIVER_OK only)."""
-
-    def queue_reset(self, index: int) -> None:
-        """Called when queue ``index`` is reset by RESET_VQUEUE."""
-
-    def close(self) -> None:
-        """Release what the model holds (files, worker state); called when it is retired."""
-
-    def config_write(self, offset: int, data: bytes) -> bool:
-        """Apply a driver write all-or-nothing; default: only declared writable ranges."""
-        end = offset + len(data)
-        for start, length in self.writable_config:
-            if start <= offset and end <= start + length:
-                self.config[offset:end] = data
-                return True
-        return False
-
-    # --- services (call) --------------------------------------------------------
-
-    @property
-    def negotiated_features(self) -> int:
-        """Features accepted at FEATURES_OK (0 before)."""
-        return self.transport.negotiated_features if self.transport else 0
-
-    def has_feature(self, bit: int) -> bool:
-        """True if feature bit ``bit`` was negotiated."""
-        return bool(self.negotiated_features >> bit & 1)
-
-    @property
-    def region(self) -> Region:
-        """The shared region, for reading and writing buffers by bus address."""
-        if self.transport is None:
-            raise VirtioMsgError("device model is not attached to a transport")
-        return self.transport.region
-
-    def queue(self, index: int) -> DeviceQueue | None:
-        """The live device-side queue ``index``, if enabled and activated."""
-        return self.transport.live_queue(index) if self.transport else None
-
-    def notify_used(self, index: int) -> None:
-        """Tell the engine that queue ``index`` has new used buffers."""
-        if self.transport is not None:
-            self.transport.notify_used(index)
-
-    def signal_used(self, index: int) -> None:
-        """Send EVENT_USED for queue ``index`` without consulting the ring (see engine)."""
-        if self.transport is not None:
-            self.transport.signal_used(index)
-
-    def update_config(self, offset: int, data: bytes) -> None:
-        """Change config bytes from the device side and report it with EVENT_CONFIG."""
-        if self.transport is not None:
-            self.transport.update_config(offset, data)
-        else:
-            self.config[offset : offset + len(data)] = data
-
-    def fail(self, reason: str) -> None:
-        """Enter DEVICE_NEEDS_RESET (reported to the driver) because of ``reason``."""
-        if self.transport is not None:
-            self.transport.needs_reset(reason)
 
 
 class _Queue:

@@ -60,7 +60,7 @@ from virtio_msg.spec import (
     VIRTIO_F_VERSION_1,
     VQ_MAX_SIZE,
 )
-from virtio_msg.transport.device import DeviceModel
+from virtio_msg.transport.model import DeviceModel
 from virtio_msg.vhost.frontend import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, VhostUserFrontend
 from virtio_msg.vhost.profiles import (
     BLK_NUM_QUEUES_OFFSET,
