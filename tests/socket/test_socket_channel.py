@@ -400,7 +400,7 @@ def test_control_request_without_answer_is_bounded(harness: BusHarness) -> None:
     c = connect(harness.path, control_timeout=0.3)
     try:
         channel = harness.server.channels()[0]
-        channel._control_loop = lambda: None  # type: ignore[method-assign]  # the bus goes deaf
+        channel._control._loop = lambda: None  # type: ignore[method-assign]  # the bus goes deaf
         with pytest.raises(ControlError, match="did not answer"):
             c.serve(0, RngDevice())
         assert not c.connected

@@ -57,14 +57,9 @@ from pathlib import Path
 from typing import Final
 
 from virtio_msg.bus.loopback import LoopbackBus
-from virtio_msg.bus.socket_channel import (
-    _PEERCRED,
-    JOIN_TIMEOUT,
-    POLL_MS,
-    EventPump,
-    SocketChannel,
-    SocketLimits,
-)
+from virtio_msg.bus.socket_channel import SocketChannel
+from virtio_msg.bus.socket_limits import JOIN_TIMEOUT, PEERCRED, POLL_MS, SocketLimits
+from virtio_msg.bus.socket_pump import EventPump
 from virtio_msg.errors import BusError, VirtioMsgError
 
 log = logging.getLogger(__name__)
@@ -274,8 +269,8 @@ class SocketServer:
                 conn.close()
 
     def _admit(self, conn: socket.socket) -> None:
-        pid, uid, _gid = _PEERCRED.unpack(
-            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        pid, uid, _gid = PEERCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
         )
         me = os.geteuid()
         with self._lock:
@@ -312,7 +307,12 @@ class SocketServer:
         for cb in self.on_connect:
             cb(channel)
 
-    def _forget(self, channel: SocketChannel, reason: str) -> None:
+    def queue_event(self, channel: SocketChannel, data: bytes) -> None:
+        """Hand one validated event datagram of ``channel`` to the event pump (ChannelHost)."""
+        self._pump.put(channel, data)
+
+    def forget(self, channel: SocketChannel, reason: str) -> None:
+        """Drop a torn-down connection and tell the disconnect callbacks (ChannelHost)."""
         with self._lock:
             if channel in self._channels:
                 self._channels.remove(channel)

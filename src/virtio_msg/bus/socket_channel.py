@@ -1,16 +1,21 @@
-"""One backend connection of the socket channel (bus side), and its limits.
+"""One backend connection of the socket channel, bus side: reading, sending, closing.
 
 :class:`SocketChannel` is attached to the bus like the in-process channel; the
 server (:mod:`virtio_msg.bus.socket`) accepts connections and makes one per
-backend.  See that module for the threads and why none of them can block the
-bus; :class:`SocketLimits` bounds every queue and rate of a connection.
+backend, and is this module's :class:`ChannelHost`.  A channel owns its
+socket: the reader thread (or a requesting *leader* thread), the framing
+checks of every datagram, the non-blocking send path with its bounded
+backlog and writer, PING, and the teardown.  Events go to the server's pump
+(:mod:`virtio_msg.bus.socket_pump`), ADD/REMOVE to the connection's control
+worker (:mod:`virtio_msg.bus.socket_control`); the limits are in
+:mod:`virtio_msg.bus.socket_limits`.  See the server module for the threads
+and why none of them can block the bus.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
-import errno
 import logging
 import select
 import socket
@@ -18,10 +23,10 @@ import struct
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Protocol
 
 import virtio_msg.spec as C
+from virtio_msg.bus.loopback import LoopbackBus
 from virtio_msg.bus.protocol import (
     MSG_ADD,
     MSG_REMOVE,
@@ -30,104 +35,32 @@ from virtio_msg.bus.protocol import (
     Status,
     parse_control_request,
 )
+from virtio_msg.bus.socket_control import ControlWorker
+from virtio_msg.bus.socket_limits import (
+    JOIN_TIMEOUT,
+    POLL_MS,
+    SocketLimits,
+    TokenBucket,
+    receive_error,
+)
 from virtio_msg.errors import BusError, MalformedMessage, TransportError, VirtioMsgError
 from virtio_msg.wire import GenericMessage, Message
 from virtio_msg.wire import spec as S
 
-if TYPE_CHECKING:
-    from virtio_msg.bus.socket import SocketServer
-
 log = logging.getLogger(__name__)
 
-POLL_MS: Final = 500
-"""Longest a reader or acceptor sleeps in poll() before rechecking for shutdown."""
-JOIN_TIMEOUT: Final = 5.0
-"""Bound on waiting for a connection's threads when it closes, seconds."""
-_PEERCRED: Final = struct.Struct("3i")
 
+class ChannelHost(Protocol):
+    """What a connection needs of the server that accepted it."""
 
-@dataclass(frozen=True)
-class SocketLimits:
-    """Per-server and per-connection limits of the socket channel.
+    bus: LoopbackBus
+    limits: SocketLimits
 
-    Each is a bound on something a backend controls; exceeding one
-    disconnects that backend with a logged reason (or, for queued ADD/REMOVE,
-    answers BUSY).
-    """
+    def queue_event(self, channel: SocketChannel, data: bytes) -> None:
+        """Hand one validated event datagram to the event pump."""
 
-    max_connections: int = 16
-    """Backends connected at once; more are refused at accept."""
-    max_devices: int = 64
-    """Device numbers one connection may serve (announced to the backend)."""
-    max_malformed: int = 8
-    """Malformed or unexpected datagrams tolerated per connection."""
-    max_unsolicited_responses: int = 16
-    """Responses beyond the requests sent to the connection (late ones included)."""
-    max_backlog: int = 1024
-    """Outgoing datagrams waiting for a backend that does not drain its socket."""
-    stall_ms: int | None = None
-    """How long a backlog may make no progress; None means the bus's timeout_ms."""
-    max_control_queue: int = 16
-    """ADD/REMOVE/EVENT_DEVICE waiting for the connection's worker; more get BUSY."""
-    max_queued_events: int = 1024
-    """Events of one connection waiting for the event pump."""
-    bus_message_rate: float = 1000.0
-    """Bus requests (PING, GET_DEVICES, ADD, REMOVE, EVENT_DEVICE) per second, sustained."""
-    bus_message_burst: int = 200
-    """Bus requests accepted in a burst."""
-    event_rate: float = 50_000.0
-    """Events (EVENT_USED, EVENT_CONFIG) per second, sustained."""
-    event_burst: int = 5_000
-    """Events accepted in a burst."""
-    lead_window_ms: float = 10.0
-    """How long a requesting thread reads the socket itself before handing over."""
-
-    def __post_init__(self) -> None:
-        """Reject limits that would make the channel unusable."""
-        for name in (
-            "max_connections",
-            "max_devices",
-            "max_backlog",
-            "max_control_queue",
-            "max_queued_events",
-            "bus_message_burst",
-            "event_burst",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"socket limit {name} must be at least 1")
-        if self.max_devices > 0xFFFF:
-            raise ValueError("socket limit max_devices must fit in 16 bits")
-        if self.bus_message_rate <= 0 or self.event_rate <= 0 or self.lead_window_ms < 0:
-            raise ValueError("socket rates must be positive and lead_window_ms non-negative")
-        if self.stall_ms is not None and self.stall_ms <= 0:
-            raise ValueError("socket limit stall_ms must be positive")
-
-
-class _TokenBucket:
-    """Rate limiter: ``rate`` tokens per second, at most ``burst`` saved up."""
-
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.last = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
-
-def _receive_error(exc: OSError) -> str:
-    if exc.errno == errno.ECONNRESET:  # closed with unread data: still an orderly close
-        return "connection closed by the backend"
-    return f"receive failed: {exc.strerror or exc}"
+    def forget(self, channel: SocketChannel, reason: str) -> None:
+        """Drop a connection that has been torn down."""
 
 
 # --- one connection ------------------------------------------------------------------------
@@ -142,7 +75,7 @@ class SocketChannel:
     """
 
     def __init__(
-        self, server: SocketServer, sock: socket.socket, index: int, pid: int, uid: int
+        self, server: ChannelHost, sock: socket.socket, index: int, pid: int, uid: int
     ) -> None:
         """Wrap an accepted socket (the server calls :meth:`start`)."""
         self.server = server
@@ -174,10 +107,6 @@ class SocketChannel:
         self._backlog: deque[bytes] = deque()
         self._writer: threading.Thread | None = None
         self._sock_closed = False
-        # Control worker and its bounded queue.
-        self._control: deque[bytes] = deque()
-        self._control_cv = threading.Condition()
-        self._worker: threading.Thread | None = None
         # PING from the bus, one at a time.
         self._ping_lock = threading.Lock()
         self._ping: tuple[int, int, threading.Event] | None = None
@@ -189,8 +118,8 @@ class SocketChannel:
         self.malformed = 0
         self.received: Counter[str] = Counter()
         """Datagrams from the backend by kind (response, event, bus, control, malformed)."""
-        self._bus_bucket = _TokenBucket(self.limits.bus_message_rate, self.limits.bus_message_burst)
-        self._event_bucket = _TokenBucket(self.limits.event_rate, self.limits.event_burst)
+        self._bus_bucket = TokenBucket(self.limits.bus_message_rate, self.limits.bus_message_burst)
+        self._event_bucket = TokenBucket(self.limits.event_rate, self.limits.event_burst)
         self._closing = False
         self.reason: str | None = None
         """Why the connection closed (None while open)."""
@@ -201,6 +130,7 @@ class SocketChannel:
         self._reader = threading.Thread(
             target=self._read_loop, name=f"vmsg-backend-{index}-rx", daemon=True
         )
+        self._control = ControlWorker(self, f"vmsg-backend-{index}-ctl")
 
     def __repr__(self) -> str:
         """Name and state."""
@@ -377,7 +307,8 @@ class SocketChannel:
                 self._sock.shutdown(socket.SHUT_RDWR)  # wakes the reader and any leader
         self._send_cv.notify_all()
 
-    def _violation(self, what: str) -> None:
+    def count_violation(self, what: str) -> None:
+        """Count one malformed or unexpected datagram; too many disconnect (ControlOwner)."""
         self.malformed += 1
         self.received["malformed"] += 1
         log.debug("%s: %s", self.name, what)
@@ -397,12 +328,9 @@ class SocketChannel:
             self.bus.detach(self, reason=f"lost its backend ({self.name}: {reason})")
         except Exception:
             log.exception("%s: detaching %s failed", self.bus.name, self.name)
-        with self._control_cv:
-            self._control.clear()
-            self._control_cv.notify_all()
-        for thread in (self._worker, self._writer):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(JOIN_TIMEOUT)
+        self._control.stop()
+        if self._writer is not None and self._writer is not threading.current_thread():
+            self._writer.join(JOIN_TIMEOUT)
         got_read = self._rlock.acquire(timeout=JOIN_TIMEOUT)  # no leader inside recv
         try:
             with self._send_lock:
@@ -414,7 +342,7 @@ class SocketChannel:
             if got_read:
                 self._rlock.release()
         self.closed.set()
-        self.server._forget(self, reason)
+        self.server.forget(self, reason)
 
     # --- reading ------------------------------------------------------------------------
 
@@ -437,7 +365,7 @@ class SocketChannel:
                 except BlockingIOError:
                     break
                 except OSError as exc:
-                    self._fail(_receive_error(exc), violation=False)
+                    self._fail(receive_error(exc), violation=False)
                     break
                 if not data:
                     self._fail("connection closed by the backend", violation=False)
@@ -476,7 +404,7 @@ class SocketChannel:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self._fail(_receive_error(exc), violation=False)
+                self._fail(receive_error(exc), violation=False)
                 return
             if not data:
                 self._fail("connection closed by the backend", violation=False)
@@ -490,15 +418,15 @@ class SocketChannel:
             return
         n = len(data)
         if n > self._max or flags & socket.MSG_TRUNC:
-            self._violation(f"datagram larger than the maximum message size {self._max}")
+            self.count_violation(f"datagram larger than the maximum message size {self._max}")
             return
         hs = self._size_at + 2
         if n < hs:
-            self._violation(f"datagram of {n} bytes is shorter than the header")
+            self.count_violation(f"datagram of {n} bytes is shorter than the header")
             return
         size = data[self._size_at] | data[self._size_at + 1] << 8
         if size != n:
-            self._violation(f"msg_size {size} does not match the {n}-byte datagram")
+            self.count_violation(f"msg_size {size} does not match the {n}-byte datagram")
             return
         typ = data[0]
         msg_id = data[1]
@@ -520,7 +448,7 @@ class SocketChannel:
         elif msg_id & C.MSG_ID_EVENT:
             self._dispatch_event(data)
         else:
-            self._violation(f"transport request {msg_id:#04x} from a backend")
+            self.count_violation(f"transport request {msg_id:#04x} from a backend")
 
     def _to_bus(self, data: bytes) -> None:
         try:
@@ -532,7 +460,7 @@ class SocketChannel:
         try:
             return self.bus.adapter.decode(data)
         except MalformedMessage as exc:
-            self._violation(str(exc))
+            self.count_violation(str(exc))
             return None
 
     def _dispatch_event(self, data: bytes) -> None:
@@ -540,7 +468,7 @@ class SocketChannel:
         if msg is None:
             return
         if type(msg) not in (S.EventUsed, S.EventConfig):
-            self._violation(f"unexpected event {type(msg).__name__}")
+            self.count_violation(f"unexpected event {type(msg).__name__}")
             return
         self.received["event"] += 1
         if not self._event_bucket.take():
@@ -551,7 +479,7 @@ class SocketChannel:
                 f"flooding: {self.queued_events} events waiting for dispatch", violation=True
             )
             return
-        self.server._pump.put(self, data)
+        self.server.queue_event(self, data)
 
     def _dispatch_bus(self, data: bytes, typ: int, msg_id: int) -> None:
         msg = self._decode(data)
@@ -567,7 +495,7 @@ class SocketChannel:
                     if self._lead_key is not None and self._key(data, C.TYPE_BUS) == self._lead_key:
                         self._lead_done = True
                     return
-            self._violation(f"unexpected bus response {type(msg).__name__}")
+            self.count_violation(f"unexpected bus response {type(msg).__name__}")
             return
         if not self._bus_bucket.take():
             self._fail(
@@ -577,153 +505,32 @@ class SocketChannel:
             return
         if type(msg) is GenericMessage:
             if msg.msg_id not in (MSG_ADD, MSG_REMOVE):
-                self._violation(f"unknown implementation-defined bus message {msg.msg_id:#04x}")
+                self.count_violation(
+                    f"unknown implementation-defined bus message {msg.msg_id:#04x}"
+                )
                 return
             try:
                 req = parse_control_request(msg)
             except MalformedMessage as exc:
-                self._violation(str(exc))
+                self.count_violation(str(exc))
                 with contextlib.suppress(VirtioMsgError):
                     bad = ControlRequest(msg.msg_id, 0, msg.token)
-                    self._reply(bad, Status.INVALID)
+                    self.reply(bad, Status.INVALID)
                 return
             self.received["control"] += 1
-            self._queue_control(data, req)
+            self._control.submit(data, req)
         elif type(msg) is S.EventDevice:
             self.received["control"] += 1
-            self._queue_control(data, None)
+            self._control.submit(data, None)
         elif type(msg) in (S.Ping, S.GetDevices):
             self.received["bus"] += 1
             self._to_bus(data)  # answered by the bus, inline
         else:
-            self._violation(f"unexpected bus message {type(msg).__name__}")
+            self.count_violation(f"unexpected bus message {type(msg).__name__}")
 
-    # --- ADD / REMOVE ----------------------------------------------------------------------
-
-    def _queue_control(self, data: bytes, req: ControlRequest | None) -> None:
-        with self._control_cv:
-            if len(self._control) >= self.limits.max_control_queue:
-                full = True
-            else:
-                full = False
-                self._control.append(data)
-                if self._worker is None:
-                    self._worker = threading.Thread(
-                        target=self._control_loop,
-                        name=f"{self._reader.name[:-3]}-ctl",
-                        daemon=True,
-                    )
-                    self._worker.start()
-                self._control_cv.notify()
-        if full:
-            if req is None:
-                self._violation("EVENT_DEVICE while the control queue is full")
-            else:
-                with contextlib.suppress(VirtioMsgError):
-                    self._reply(req, Status.BUSY)
-
-    def _control_loop(self) -> None:
-        while True:
-            with self._control_cv:
-                while not self._control and not self._closing:
-                    self._control_cv.wait(POLL_MS / 1000)
-                if self._closing:
-                    return
-                data = self._control.popleft()
-            try:
-                msg = self.bus.adapter.decode(data)
-                if type(msg) is S.EventDevice:
-                    self.bus.receive(data, self)  # the bus's own ADDED/REMOVED handling
-                else:
-                    req = parse_control_request(msg)
-                    self._reply(req, self._execute(req))
-            except VirtioMsgError as exc:
-                log.debug("%s: control request not answered: %s", self.name, exc)
-            except Exception:
-                log.exception("%s: control request of %s failed", self.bus.name, self.name)
-
-    def _execute(self, req: ControlRequest) -> Status:
-        bus = self.bus
-        if bus.closed or self._closing:
-            return Status.CLOSED
-        if req.op == MSG_REMOVE:
-            entry = bus.device(req.dev_num)
-            if entry is None:
-                return Status.NOT_FOUND
-            if entry.channel is not self:
-                return Status.NOT_OWNER
-            try:
-                bus.remove_device(req.dev_num, reason=f"was removed by {self.name}")
-            except BusError:
-                return Status.NOT_FOUND  # removed concurrently
-            return Status.OK
-        if bus.device(req.dev_num) is not None:
-            return Status.EXISTS
-        if len(self.devices()) >= self.limits.max_devices:
-            return Status.LIMIT
-        try:
-            entry = bus.add_device(req.dev_num, self)
-        except BusError:
-            if bus.closed or self._closing:
-                return Status.CLOSED
-            return Status.EXISTS
-        if entry.error is not None or entry.driver is None:
-            return Status.PROBE_FAILED
-        return Status.OK
-
-    def _reply(self, req: ControlRequest, status: Status) -> None:
+    def reply(self, req: ControlRequest, status: Status) -> None:
+        """Send the response to the ADD/REMOVE ``req`` (ControlOwner)."""
         self._send(self.bus.adapter.encode(req.response(status).to_message()))
 
 
-class EventPump:
-    """The server's one event-dispatch thread, fed by every connection's reader."""
-
-    def __init__(self, name: str) -> None:
-        self._queue: deque[tuple[SocketChannel, bytes]] = deque()
-        self._cv = threading.Condition()
-        self._stop = False
-        self._busy = False
-        self._thread = threading.Thread(target=self._run, name=f"vmsg-{name}-events", daemon=True)
-        self._thread.start()
-
-    def put(self, channel: SocketChannel, data: bytes) -> None:
-        """Queue one event datagram of ``channel`` for dispatch."""
-        with self._cv:
-            channel.queued_events += 1
-            self._queue.append((channel, data))
-            self._cv.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                self._busy = False
-                if not self._queue:
-                    self._cv.notify_all()  # wait_idle() callers
-                while not self._queue and not self._stop:
-                    self._cv.wait(POLL_MS / 1000)
-                if not self._queue:
-                    return
-                channel, data = self._queue.popleft()
-                channel.queued_events -= 1
-                self._busy = True
-            if not channel.connected:
-                continue
-            try:
-                channel.bus.receive(data, channel)
-            except Exception:
-                log.exception("%s: event of %s failed", channel.bus.name, channel.name)
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait (bounded) until no event is queued or being dispatched."""
-        with self._cv:
-            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
-
-    def stop(self) -> None:
-        """Stop the dispatch thread after the event in progress."""
-        with self._cv:
-            self._stop = True
-            self._cv.notify_all()
-        self._thread.join(JOIN_TIMEOUT)
-
-
-__all__ = ["JOIN_TIMEOUT", "POLL_MS", "EventPump", "SocketChannel", "SocketLimits"]
+__all__ = ["ChannelHost", "SocketChannel"]
