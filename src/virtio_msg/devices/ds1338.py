@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from virtio_msg.devices.i2c import I2CTarget
+from virtio_msg.devices.i2c_target import I2CTarget
 
 __all__ = [
     "CONTROL_OSF",

@@ -41,6 +41,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from virtio_msg.devices.ds1338 import DS1338
+from virtio_msg.devices.i2c_target import I2CTarget
 from virtio_msg.spec import DeviceId
 from virtio_msg.transport.model import RING_FEATURES, DeviceModel
 from virtio_msg.virtqueue import DescriptorChain, DeviceQueue
@@ -79,32 +81,6 @@ MAX_ADDRESS: Final = 0x7F
 """7-bit addressing only (Linux's virtio-i2c adapter does not offer 10-bit)."""
 DEMO_RTC_ADDRESS: Final = 0x20
 """Where the seed's published demo put the DS1338 (QEMU ``-device ds1338,address=0x20``)."""
-
-
-class I2CTarget:
-    """Base class of I2C target (slave) models on a virtio-i2c bus.
-
-    The device calls :meth:`start` for every START or repeated START
-    addressed to the target, then :meth:`write` or :meth:`read` with the
-    message's bytes (nothing for a zero-length message), and :meth:`stop`
-    once when the transaction ends.  Return False from :meth:`start` or
-    :meth:`write` to NACK.  Calls are serialised by the device.
-    """
-
-    def start(self, read: bool) -> bool:
-        """A START (or repeated START) for a read or a write; False NACKs the address."""
-        return True
-
-    def write(self, data: bytes) -> bool:
-        """The controller writes ``data``; False NACKs."""
-        return True
-
-    def read(self, length: int) -> bytes:
-        """The controller reads ``length`` bytes; return exactly that many."""
-        return bytes(length)
-
-    def stop(self) -> None:
-        """STOP: the transaction is over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +137,6 @@ def parse_request(
 
 
 def _default_targets() -> dict[int, I2CTarget]:
-    from virtio_msg.devices.ds1338 import DS1338  # the RTC imports this module
-
     return {DEMO_RTC_ADDRESS: DS1338()}
 
 
