@@ -136,6 +136,8 @@ def test_blk_each_queue_gets_its_own_event_used(tmp_path: Path) -> None:
         assert [t for t, _ in done] == [token]
         assert done[0][1][:512] == image.read_bytes()[3 * 512 : 4 * 512]
         assert done[0][1][512] == 0  # VIRTIO_BLK_S_OK
+        # The used ring is written before the event is sent: wait for the event.
+        entry.transport.wait_until(lambda: bool(seen), WAIT)
         assert seen and set(seen) == {1}  # queue 1 only: no fan-out to every queue
 
 
