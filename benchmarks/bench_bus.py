@@ -16,8 +16,8 @@ import argparse
 import time
 
 from virtio_msg.bus import LoopbackBus, loopback_pair
+from virtio_msg.compose import percentile
 from virtio_msg.devices import RngDevice
-from virtio_msg.runner import percentile
 from virtio_msg.transport import BusParams
 from virtio_msg.wire import spec as S
 from virtio_msg.wire.translate import WireAdapter

@@ -38,8 +38,8 @@ from typing import Any
 
 from virtio_msg.bus import LoopbackBus, loopback_pair
 from virtio_msg.bus.socket import SocketLimits, SocketServer
+from virtio_msg.compose import percentile
 from virtio_msg.devices.rng import RngDevice
-from virtio_msg.runner import percentile
 from virtio_msg.transport.params import BusParams
 from virtio_msg.wire import spec as S
 from virtio_msg.wire.translate import WireAdapter
@@ -107,7 +107,7 @@ def main() -> None:
     limits = SocketLimits(lead_window_ms=args.lead_ms)
     server = SocketServer(bus, tmp / "bus.sock", limits=limits).start()
     backend = subprocess.Popen(
-        [sys.executable, "-m", "virtio_msg.socket_cli", "backend", "--socket",
+        [sys.executable, "-m", "virtio_msg", "backend", "--socket",
          str(server.path), "--quiet", "0:rng"],
     )
     # the in-process reference

@@ -1,10 +1,12 @@
 """The one-way import rule (ARCHITECTURE 2), checked on the source.
 
 Layers, bottom to top: spec/errors, wire, memory, virtqueue, transport,
-devices/drivers, bus, dt, and the top-level composition modules (runner, cli,
-testing and the command modules).  A module may import its own layer and the
-layers below it, never above.  Below bus/ nothing performs I/O: no sockets,
-selectors, subprocesses or threads are created there.
+devices/drivers, bus/vhost (the layer that does I/O), dt/exports, the
+composition (compose/, streams, testing), and the command line (cli/).  A
+module may import its own layer and the layers below it, never above.  Below
+bus/ nothing performs I/O: no sockets, selectors, subprocesses or threads are
+created there.  And no module imports itself through others: the package's
+import graph has no cycle.
 """
 
 from __future__ import annotations
@@ -27,9 +29,15 @@ LAYERS = {
     "devices": 5,
     "drivers": 5,
     "bus": 6,
+    "vhost": 6,
     "dt": 7,
+    "exports": 7,
+    "compose": 8,
+    "streams": 8,
+    "testing": 8,
+    "cli": 9,
 }
-TOP = 8
+TOP = 9
 IO_MODULES = {"socket", "selectors", "subprocess", "multiprocessing", "asyncio"}
 
 
@@ -64,6 +72,76 @@ def imports(path: Path) -> list[tuple[str, int]]:
                 found += [(f"virtio_msg.{alias.name}", node.lineno) for alias in node.names]
             else:
                 found.append((node.module, node.lineno))
+    return found
+
+
+def resolve(target: str, known: set[str]) -> str | None:
+    """The package module an import target names (``a.b.Name`` -> ``a.b``)."""
+    while target and target not in known:
+        target = target.rpartition(".")[0]
+    return target or None
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every package module -> the package modules it imports (anywhere in its body).
+
+    ``from pkg import name`` points at ``pkg.name`` when that is a module
+    (a submodule import), else at ``pkg``.
+    """
+    known = {m for m, _ in modules()}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules():
+        targets: list[str] = []
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    targets.append(sub if sub in known else node.module)
+        edges = {
+            found
+            for target in targets
+            if target.startswith("virtio_msg")
+            and (found := resolve(target, known)) is not None
+            and found != name
+        }
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
     return found
 
 
@@ -102,3 +180,19 @@ def test_the_rule_is_checked_on_real_modules() -> None:
     names = {m for m, _ in modules()}
     assert {"virtio_msg.wire.codec", "virtio_msg.bus.loopback", "virtio_msg.cli"} <= names
     assert layer_of("virtio_msg.wire.codec") < layer_of("virtio_msg.memory.region")
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    found = cycles(import_graph())
+    assert not found, f"import cycles (each list imports itself through the others): {found}"
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_is_over_600_lines() -> None:
+    long = {m: n for m, p in modules() if (n := len(p.read_text().splitlines())) >= 600}
+    assert not long, f"modules at or over the 600-line guide: {long}"

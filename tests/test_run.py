@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from virtio_msg.runner import RunConfig, run_loopback, run_one
+from virtio_msg.compose import RunConfig, run_loopback, run_one
 from virtio_msg.transport import BusParams
 
 

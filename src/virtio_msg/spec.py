@@ -195,3 +195,13 @@ DEVICE_FEATURE_NAMES: Final[dict[int, dict[int, str]]] = {
 def feature_bit(bit: int) -> int:
     """Return the feature mask for feature bit number ``bit``."""
     return 1 << bit
+
+
+def feature_names(features: int, device_id: int = 0) -> list[str]:
+    """Readable names of the feature bits set in ``features`` (device type aware)."""
+    table = {**DEVICE_FEATURE_NAMES.get(device_id, {}), **FEATURE_NAMES}
+    names = [name for bit, name in sorted(table.items()) if features >> bit & 1]
+    other = features & ~sum(1 << bit for bit in table)
+    if other:
+        names.append(f"device:{other:#x}")
+    return names

@@ -19,6 +19,7 @@ import pytest
 import virtio_msg.devices.console as DEV
 import virtio_msg.drivers.console as DRV
 from virtio_msg.bus import LoopbackBus, loopback_pair
+from virtio_msg.compose import RunConfig, run_one
 from virtio_msg.devices.catalog import CATALOG
 from virtio_msg.devices.console import (
     ByteStream,
@@ -39,7 +40,6 @@ from virtio_msg.drivers.console import (
     WriteTimeout,
 )
 from virtio_msg.errors import TransportError
-from virtio_msg.runner import RunConfig, run_one
 from virtio_msg.spec import DeviceId
 from virtio_msg.streams import ExecStream, FdStream, PtyStream, TcpStream, make_stream
 from virtio_msg.transport import BusParams

@@ -12,15 +12,12 @@ import threading
 
 import pytest
 
-from virtio_msg.console_cli import (
-    ExecStream,
-    TcpStream,
-    add_console_parser,
-    cmd_console,
-    main,
-    run_console,
-)
+from virtio_msg.cli import main
+from virtio_msg.cli.console import add_parser as add_console_parser
+from virtio_msg.cli.console import cmd_console
+from virtio_msg.compose.console import run_console
 from virtio_msg.devices.console import ByteStream
+from virtio_msg.streams import ExecStream, TcpStream
 from virtio_msg.transport import BusParams
 from virtio_msg.wire import Profile
 
@@ -114,14 +111,14 @@ def test_handler_with_a_missing_program_fails_with_one_line(
 
 
 def test_handler_rejects_a_bad_message_size() -> None:
-    assert main(["--max-size", "7"]) == 2
+    assert main(["console", "--max-size", "7"]) == 2
 
 
 @pytest.mark.parametrize("extra", [[], ["--exec", "cat"]])
 def test_as_a_process_with_stdin_piped(extra: list[str]) -> None:
     data = b"".join(b"line %d\n" % i for i in range(2000))
     proc = subprocess.run(
-        [sys.executable, "-m", "virtio_msg.console_cli", *extra],
+        [sys.executable, "-m", "virtio_msg", "console", *extra],
         input=data, capture_output=True, timeout=60, check=False,
     )
     assert proc.returncode == 0, proc.stderr

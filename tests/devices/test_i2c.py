@@ -17,6 +17,7 @@ import pytest
 import virtio_msg.devices.i2c as DEV
 import virtio_msg.drivers.i2c as DRV
 from virtio_msg.bus import LoopbackBus, loopback_pair
+from virtio_msg.compose import RunConfig, run_one
 from virtio_msg.devices.catalog import CATALOG
 from virtio_msg.devices.ds1338 import DS1338, ManualClock
 from virtio_msg.devices.i2c import (
@@ -32,7 +33,6 @@ from virtio_msg.devices.i2c import (
 )
 from virtio_msg.drivers import DRIVERS
 from virtio_msg.drivers.i2c import DS1338Client, I2CDriver, I2CError, I2CMessage, RtcError
-from virtio_msg.runner import RunConfig, run_one
 from virtio_msg.spec import DeviceId
 from virtio_msg.transport import BusParams
 from virtio_msg.wire import Profile

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-import virtio_msg.nbd as N
+import virtio_msg.exports.nbd_protocol as N
 from virtio_msg.drivers.blk import BlkDriver
-from virtio_msg.nbd import NbdServer, blk_disk, nbd_uri
+from virtio_msg.exports.nbd import NbdServer, blk_disk, nbd_uri
 
 MiB = 1 << 20
 QEMU_IMG = shutil.which("qemu-img")

@@ -12,8 +12,8 @@ import pytest
 from dt_helpers import WriteDts, dts_writer
 from dt_helpers import need_dtschema as require_dtschema
 
+from virtio_msg.cli.dt import add_dt_arguments, add_parser, configs_from_args
 from virtio_msg.dt import DeviceTreeError, default_tree_path
-from virtio_msg.dt.cli import add_dt_arguments, add_dt_parser, configs_from_args
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def main_parser() -> argparse.ArgumentParser:
     """A stand-in for virtio_msg.cli's parser: dt registered, run with --dt."""
     parser = argparse.ArgumentParser(prog="virtio-msg")
     sub = parser.add_subparsers(dest="command")
-    add_dt_parser(sub)
+    add_parser(sub)
     run = sub.add_parser("run")
     add_dt_arguments(run)
     return parser

@@ -219,9 +219,9 @@ def backend_procs() -> Iterator[Callable[[Path], BackendProc]]:
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    """``python -m virtio_msg.socket_cli ARGS`` with pipes (the caller kills it)."""
+    """``python -m virtio_msg ARGS`` with pipes (the caller kills it)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "virtio_msg.socket_cli", *args],
+        [sys.executable, "-m", "virtio_msg", *args],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from sockbus_helpers import WAIT, private_dir, spawn, stop
 
-from virtio_msg.runner import RunConfig, run_loopback
-from virtio_msg.socket_cli import main, parse_device_specs, run_over_socket
+from virtio_msg.cli import main
+from virtio_msg.compose import RunConfig, parse_device_specs, run_loopback, run_over_socket
 from virtio_msg.transport.params import BusParams
 
 

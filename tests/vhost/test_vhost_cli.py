@@ -17,17 +17,12 @@ from vhost_daemons import DRIVERS_UNDER_TEST, MiB, bus, make_image, storage_daem
 
 from virtio_msg.bus import DeviceEntry, LoopbackBus
 from virtio_msg.bus.socket import SocketServer
+from virtio_msg.cli.backend import add_vhost_parser
+from virtio_msg.cli.run import add_vhost_run_arguments
+from virtio_msg.compose.vhost import VhostSpec, assign_numbers, parse_vhost_spec, run_vhost_devices
 from virtio_msg.drivers.blk import BlkDriver
 from virtio_msg.transport.params import BusParams
 from virtio_msg.vhost import OptionError
-from virtio_msg.vhost_cli import (
-    VhostSpec,
-    add_vhost_parser,
-    add_vhost_run_arguments,
-    assign_numbers,
-    parse_vhost_spec,
-    run_vhost_devices,
-)
 
 WAIT = 20.0
 PATTERN = b"virtio-msg over vhost-user! " * 4
@@ -132,7 +127,7 @@ class SocketBus:
 
 def _vhost_backend(vhost_sock: Path, bus_sock: Path, dev_num: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "virtio_msg.vhost_cli", "vhost-user", "--socket", str(vhost_sock),
+        [sys.executable, "-m", "virtio_msg", "backend", "vhost-user", "--socket", str(vhost_sock),
          "--bus", str(bus_sock), "--dev-num", str(dev_num), "--json"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -4,7 +4,7 @@ Strategy.  Each port joins a pair of virtqueues to a device-side
 :class:`ByteStream`: :class:`EchoStream` here (the default, no I/O), or the
 streams that do I/O -- a file-descriptor pair, a pty, a TCP connection on
 127.0.0.1, a program -- which live above the bus layer, in
-:mod:`virtio_msg.console_cli` (nothing below bus/ performs I/O).  Queues
+:mod:`virtio_msg.streams` (nothing below bus/ performs I/O).  Queues
 follow the spec: receiveq0 (0), transmitq0 (1), the control
 receiveq (2) and transmitq (3) with VIRTIO_CONSOLE_F_MULTIPORT, then
 receiveqN = 2 + 2N and transmitqN = 3 + 2N.

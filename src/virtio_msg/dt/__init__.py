@@ -9,7 +9,7 @@ whose ``memory-region`` phandle points at a ``restricted-dma-pool`` node under
   instance, or :class:`DeviceTreeError` (a ``ConfigError``) listing every error.
 * :func:`check_tree` -> :class:`CheckReport`: dtschema validation plus the
   semantic checks, for ``virtio-msg dt check``.
-* :mod:`virtio_msg.dt.cli` -> the argparse glue for ``dt check`` and ``--dt``.
+* :mod:`virtio_msg.cli.dt` (above this package) parses ``dt check`` and ``--dt``.
 """
 
 from __future__ import annotations

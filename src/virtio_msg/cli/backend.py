@@ -1,0 +1,290 @@
+"""``virtio-msg backend``: serve devices to a running bus over its socket.
+
+``virtio-msg backend [--socket PATH] [N:]TYPE ...`` connects to a bus
+(``virtio-msg bus``, ``run --socket``), maps its region, ADDs the built-in
+device models and serves them until the bus goes away or it is interrupted
+(the devices are then REMOVEd).  ``virtio-msg backend vhost-user --socket
+PATH ...`` does the same for one device whose implementation is a vhost-user
+back end (qemu-storage-daemon, virtiofsd, DPDK); it exits 1 if the back end
+goes away.  Since ``backend`` takes device names as positionals, the
+vhost-user form has its own parser (:func:`main_vhost_user`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from virtio_msg.bus.client import BackendClient, connect
+from virtio_msg.bus.socket import default_socket_path
+from virtio_msg.cli.common import Output, sigterm_as_interrupt, stop_on_signals
+from virtio_msg.compose.config import DEFAULT_DEVICES, parse_device_specs
+from virtio_msg.compose.vhost import VhostSpec, parse_int
+from virtio_msg.devices.catalog import make_device
+from virtio_msg.errors import VirtioMsgError
+from virtio_msg.vhost import PROFILES
+from virtio_msg.vhost.device import DEFAULT_FS_TAG, DEFAULT_QUEUE_SIZE
+from virtio_msg.vhost.frontend import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT
+
+WAIT_SLICE = 0.5
+"""The vhost-user serving loop re-checks its exit conditions this often, seconds."""
+
+
+def cmd_backend(args: argparse.Namespace) -> int:
+    """Serve built-in devices to a running bus until it goes away or we are interrupted."""
+    out = Output(args.json, args.quiet)
+    try:
+        specs = parse_device_specs(args.devices or [f"{n}:{t}" for n, t in DEFAULT_DEVICES])
+    except ValueError as exc:
+        out.error(str(exc))
+        return 2
+    try:
+        client = connect(args.socket, timeout=args.connect_timeout)
+    except VirtioMsgError as exc:
+        out.error(str(exc))
+        return 1
+    ann = client.announcement
+    out.emit(
+        f"connected to {args.socket} (profile {ann.profile.value}, max message "
+        f"{ann.max_msg_size} bytes, region {ann.region_base:#x} + {ann.region_size:#x})",
+        event="connected",
+        socket=str(args.socket),
+        profile=ann.profile.value,
+        max_msg_size=ann.max_msg_size,
+        region={"base": ann.region_base, "size": ann.region_size},
+    )
+    failed = 0
+    try:
+        with sigterm_as_interrupt():
+            for dev_num, type_name in specs:
+                try:
+                    model = make_device(type_name)
+                except (VirtioMsgError, ValueError, OSError) as exc:
+                    failed += 1
+                    out.error(f"device {dev_num} ({type_name}): {exc}")
+                    continue
+                try:
+                    client.serve(dev_num, model)
+                except (VirtioMsgError, ValueError) as exc:
+                    model.close()
+                    failed += 1
+                    out.error(f"device {dev_num} ({type_name}): {exc}")
+                    continue
+                out.emit(
+                    f"device {dev_num} added: {type_name}",
+                    event="added",
+                    dev_num=dev_num,
+                    type=type_name,
+                )
+            if not client.devices:
+                return 1
+            while not client.wait(0.5):
+                pass
+            out.emit(
+                f"bus closed the connection: {client.reason}",
+                event="disconnected",
+                reason=client.reason,
+            )
+    except KeyboardInterrupt:
+        _withdraw_all(client)
+    finally:
+        models = [t.model for t in client.devices.values()]
+        client.close()
+        for model in models:
+            model.close()
+    return 1 if failed else 0
+
+
+def _withdraw_all(client: BackendClient) -> None:
+    for dev_num in list(client.devices):
+        model = client.devices[dev_num].model
+        with contextlib.suppress(VirtioMsgError, ValueError):
+            client.withdraw(dev_num)
+        model.close()
+
+
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    """Register ``backend`` (built-in devices)."""
+    default = default_socket_path()
+    p = sub.add_parser(
+        "backend",
+        help="serve built-in devices to a running bus over its socket",
+        description="Connect to a bus, map its region, ADD the devices and serve them until "
+        "the bus goes away or you interrupt (devices are then REMOVEd).",
+    )
+    p.add_argument(
+        "--socket",
+        type=Path,
+        default=default,
+        metavar="PATH",
+        help=f"the bus's socket (default {default})",
+    )
+    p.add_argument(
+        "devices",
+        nargs="*",
+        metavar="[N:]TYPE",
+        help="devices to serve, e.g. rng or 5:rng (default: the built-in set of "
+        f"'virtio-msg run': {' '.join(f'{n}:{t}' for n, t in DEFAULT_DEVICES)})",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="bound on connecting and receiving the announcement (default 5 s)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    p.add_argument("--quiet", action="store_true", help="print errors only")
+    p.set_defaults(func=cmd_backend)
+
+
+# --- virtio-msg backend vhost-user ------------------------------------------------------------
+
+
+def cmd_vhost_user(args: argparse.Namespace) -> int:
+    """Serve one vhost-user device to a running bus (see the module docstring)."""
+    from virtio_msg.bus.client import connect
+
+    out = Output(args.json, args.quiet)
+    spec = VhostSpec(
+        socket=str(args.socket),
+        type=args.type,
+        dev_num=args.dev_num,
+        mac=args.mac,
+        tag=args.tag,
+        queues=args.queues,
+        queue_size=args.queue_size,
+    )
+    try:
+        device = spec.open(timeout=args.reply_timeout, connect_timeout=args.connect_timeout)
+    except (VirtioMsgError, ValueError) as exc:
+        out.error(f"vhost-user {args.socket}: {exc}")
+        return 1
+    stop = threading.Event()
+    gone: list[str] = []
+
+    def on_disconnect(reason: str) -> None:
+        gone.append(reason)
+        stop.set()
+
+    device.on_disconnect.append(on_disconnect)
+    try:
+        client = connect(args.bus, timeout=args.connect_timeout)
+    except VirtioMsgError as exc:
+        device.close()
+        out.error(f"bus {args.bus}: {exc}")
+        return 1
+    status = 0
+    try:
+        with stop_on_signals(stop):
+            try:
+                client.serve(args.dev_num, device)
+            except (VirtioMsgError, ValueError) as exc:
+                out.error(f"device {args.dev_num}: {exc}")
+                return 1
+            out.emit(
+                f"device {args.dev_num} added: {device.name} from {args.socket} "
+                f"(features {device.offered_features:#x}, {device.num_queues} queues)",
+                event="added", dev_num=args.dev_num, type=device.profile.name,
+                socket=str(args.socket), features=device.offered_features,
+                queues=device.num_queues,
+            )
+            while not stop.is_set():
+                if client.wait(WAIT_SLICE):
+                    out.emit(
+                        f"bus closed the connection: {client.reason}",
+                        event="disconnected", reason=client.reason,
+                    )
+                    return 0
+            if gone:
+                out.error(f"device {args.dev_num}: {gone[0]}; removing it")
+                status = 1
+            with contextlib.suppress(VirtioMsgError, ValueError):
+                client.withdraw(args.dev_num)
+            out.emit(f"device {args.dev_num} removed", event="removed", dev_num=args.dev_num)
+    finally:
+        device.close()
+        client.close()
+    return status
+
+
+def add_vhost_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``vhost-user`` command on ``subparsers``; return its parser."""
+    from virtio_msg.bus.socket import default_socket_path
+
+    default_bus = default_socket_path()
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "vhost-user",
+        help="serve a device from a vhost-user back end to a running bus",
+        description="Connect to a vhost-user back end (qemu-storage-daemon, virtiofsd, DPDK "
+        "net_vhost, ...) and to a running bus, ADD the device and serve it until the bus or "
+        "the back end goes away, or you interrupt (the device is then REMOVEd).",
+    )
+    p.add_argument(
+        "--socket", type=Path, required=True, metavar="PATH",
+        help="the vhost-user back end's socket",
+    )
+    p.add_argument(
+        "--type", choices=sorted(PROFILES), default=None,
+        help="device type (default: inferred from the back end's command line when known)",
+    )
+    p.add_argument(
+        "--dev-num", type=lambda s: parse_int(s, "device number", 0, 0xFFFF), default=0,
+        metavar="N", help="device number on the bus (default 0)",
+    )
+    p.add_argument(
+        "--bus", type=Path, default=default_bus, metavar="PATH",
+        help=f"the bus's socket (default {default_bus})",
+    )
+    p.add_argument("--mac", default=None, help="net: MAC address (default: random, local)")
+    p.add_argument(
+        "--tag", default=DEFAULT_FS_TAG, help=f"fs: mount tag (default {DEFAULT_FS_TAG})"
+    )
+    p.add_argument(
+        "--queues", type=lambda s: parse_int(s, "queue count", 1, 64), default=None, metavar="Q",
+        help="blk/fs: request queues to expose (default: all the back end has; fs: 1)",
+    )
+    p.add_argument(
+        "--queue-size", type=lambda s: parse_int(s, "queue size", 1, 32768),
+        default=DEFAULT_QUEUE_SIZE, metavar="N",
+        help=f"largest ring offered per queue (default {DEFAULT_QUEUE_SIZE})",
+    )
+    p.add_argument(
+        "--reply-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+        help=f"bound on each vhost-user reply (default {DEFAULT_TIMEOUT} s)",
+    )
+    p.add_argument(
+        "--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="S",
+        help=f"bound on connecting to either socket (default {DEFAULT_CONNECT_TIMEOUT} s)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    p.add_argument("--quiet", action="store_true", help="print errors only")
+    p.set_defaults(func=cmd_vhost_user)
+    return p
+
+
+def main_vhost_user(argv: Sequence[str] | None = None) -> int:
+    """``virtio-msg backend vhost-user ...`` (``argv`` from ``vhost-user`` on); the status."""
+    parser = argparse.ArgumentParser(
+        prog="virtio-msg backend",
+        description="Serve a device from a vhost-user back end to a running bus.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_vhost_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")
+    try:
+        status: int = args.func(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return status
+
+
+__all__ = ["add_parser", "add_vhost_parser", "cmd_backend", "cmd_vhost_user", "main_vhost_user"]
