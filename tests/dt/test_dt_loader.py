@@ -285,11 +285,6 @@ INVALID = [
         "pool size 0x400800 is not a whole number of pages",
     ),
     (
-        "too-small",
-        reserved(pool("pool0", "p@100000000", "0x1 0x0 0x0 0x100000")) + loop("lb"),
-        "too small for the 4 device(s) of /lb: it needs at least 0x160000 (1408 KiB)",
-    ),
-    (
         "too-large",
         reserved(pool("pool0", "p@100000000", "0x1 0x0 0x1 0x0")) + loop("lb"),
         "is larger than the 1024 MiB the loopback maps",

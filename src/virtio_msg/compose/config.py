@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from virtio_msg.bus.loopback import DEFAULT_BASE, DEFAULT_SIZE
 from virtio_msg.compose.vhost import VhostSpec
 from virtio_msg.devices.catalog import CATALOG
-from virtio_msg.dt import LoopbackConfig
+from virtio_msg.dt import LoopbackConfig, min_pool_size
+from virtio_msg.errors import ConfigError
 from virtio_msg.transport.params import BusParams
 from virtio_msg.wire import Profile
 
@@ -43,7 +44,20 @@ def from_tree(
     max_msg_size: int | None = None,
     timeout_ms: int | None = None,
 ) -> RunConfig:
-    """Turn one device-tree bus instance into a RunConfig; arguments override the tree."""
+    """Turn one device-tree bus instance into a RunConfig; arguments override the tree.
+
+    Raises :class:`~virtio_msg.errors.ConfigError` when the instance's pool
+    is too small for the devices the run would create (the tree itself may
+    still be valid: ``dt check`` only warns).
+    """
+    need = min_pool_size(len(config.devices))
+    if config.size < need:
+        raise ConfigError(
+            f"{config.node_path}: its pool ({config.pool_path}, {config.size:#x} bytes) is too "
+            f"small for the {len(config.devices)} device(s) this run creates: they need at "
+            f"least {need:#x} ({need // 1024} KiB); grow the pool's reg or list fewer devices "
+            "in virtio,devices"
+        )
     if profile is not None and Profile(profile) != config.profile:
         # A different profile: the tree's size was chosen for the tree's profile.
         size = max_msg_size

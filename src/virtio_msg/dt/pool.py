@@ -109,17 +109,26 @@ def check_pool(
 
 
 def check_pool_size(pool: PoolRange, device_count: int, referrer: str) -> Problem | None:
-    """Return a problem when ``pool`` is too small for ``device_count`` devices, else ``None``."""
+    """Return a warning when ``pool`` is too small for ``device_count`` devices, else ``None``.
+
+    The binding does not size the pool: whether it fits is a property of the
+    devices a run creates (``virtio-msg run`` refuses a run whose devices do
+    not fit, :func:`virtio_msg.compose.config.from_tree`), so for the tree it
+    is a warning.
+    """
     need = min_pool_size(device_count)
     if pool.size >= need:
         return None
     need_pages = -(-need // PAGE_SIZE) * PAGE_SIZE
     return Problem(
         pool.path,
-        f"pool is {pool.size:#x} bytes, too small for the {device_count} device(s) of "
-        f"{referrer}: it needs at least {need:#x} ({need // 1024} KiB)",
+        f"pool is {pool.size:#x} bytes, too small for the {device_count} device(s) "
+        f"`virtio-msg run` would create for {referrer}: they need at least {need:#x} "
+        f"({need // 1024} KiB)",
         f"grow the size cell(s) of reg to at least {need_pages:#x}, or list fewer devices "
-        "in virtio,devices (256 KiB + 288 KiB per device)",
+        "in virtio,devices (256 KiB + 288 KiB per device); backends that add their own "
+        "devices (virtio-msg bus) are not affected",
+        severity=WARNING,
         prop="reg",
     )
 
