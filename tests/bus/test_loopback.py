@@ -18,7 +18,7 @@ from virtio_msg.drivers import RngDriver
 from virtio_msg.errors import BusError, DeviceBroken, TransportError
 from virtio_msg.testing import GatedChannel
 from virtio_msg.transport import BusParams, DeviceModel
-from virtio_msg.virtqueue import DeviceQueue
+from virtio_msg.virtqueue import DeviceRing
 from virtio_msg.wire import spec as S
 from virtio_msg.wire.translate import WireAdapter
 
@@ -41,7 +41,7 @@ def rng(bus: LoopbackBus, dev_num: int) -> RngDriver:
 class SilentRng(RngDevice):
     """Takes buffers but never completes them."""
 
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
+    def queue_notify(self, index: int, queue: DeviceRing) -> None:
         pass
 
 

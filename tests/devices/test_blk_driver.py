@@ -20,7 +20,7 @@ from virtio_msg.drivers.blk import REQUEST_CAP, BlkDriver, BlkError, BlkOp, BlkR
 from virtio_msg.errors import TransportError
 from virtio_msg.spec import DeviceId
 from virtio_msg.transport import BusParams
-from virtio_msg.virtqueue import DeviceQueue
+from virtio_msg.virtqueue import DeviceRing
 from virtio_msg.wire import Profile
 
 BLK_DRIVERS = {**DRIVERS, DeviceId.BLOCK: BlkDriver}
@@ -280,7 +280,7 @@ def test_device_errors_raise_with_the_status(blk: Factory) -> None:
 class FailingBlk(BlkDevice):
     """Declares itself broken on the first request (DEVICE_NEEDS_RESET)."""
 
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
+    def queue_notify(self, index: int, queue: DeviceRing) -> None:
         self.fail("simulated device fault")
 
 

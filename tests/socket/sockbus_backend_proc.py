@@ -23,7 +23,7 @@ from typing import Any
 from virtio_msg.bus.client import connect
 from virtio_msg.devices.rng import RngDevice
 from virtio_msg.errors import VirtioMsgError
-from virtio_msg.virtqueue import DeviceQueue
+from virtio_msg.virtqueue import DeviceRing
 
 
 class StallingRng(RngDevice):
@@ -33,7 +33,7 @@ class StallingRng(RngDevice):
         super().__init__(seed=1)
         self.kicks = 0
 
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
+    def queue_notify(self, index: int, queue: DeviceRing) -> None:
         self.kicks += 1
 
 

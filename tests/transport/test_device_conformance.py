@@ -27,9 +27,14 @@ from virtio_msg.errors import MalformedMessage
 from virtio_msg.testing import EnginePair
 from virtio_msg.transport import BusParams, DeviceModel
 from virtio_msg.transport.device import RING_FEATURES
-from virtio_msg.virtqueue import DeviceQueue, DriverQueue
+from virtio_msg.virtqueue import DeviceRing, DriverQueue
 from virtio_msg.wire import GenericMessage, Message, Profile
 from virtio_msg.wire import spec as S
+
+SPLIT_RING_FEATURES = RING_FEATURES & ~(
+    (1 << C.VIRTIO_F_RING_PACKED) | (1 << C.VIRTIO_F_IN_ORDER) | (1 << C.VIRTIO_F_NOTIFICATION_DATA)
+)
+"""The ring features these tests offer: they drive split rings written by hand."""
 
 PROFILES = ("spec", "linux-rfc1")
 DEV = 0x0123
@@ -73,7 +78,7 @@ class ConfModel(DeviceModel):
         *,
         features: int = F_A | F_B,
         uuid: bytes = bytes(16),
-        ring_features: int = RING_FEATURES,
+        ring_features: int = SPLIT_RING_FEATURES,
     ) -> None:
         """Describe the device (see the module constants)."""
         super().__init__(
@@ -97,7 +102,7 @@ class ConfModel(DeviceModel):
         """Count resets."""
         self.resets += 1
 
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
+    def queue_notify(self, index: int, queue: DeviceRing) -> None:
         """Serve every available chain."""
         self.notified.append(index)
         served = False

@@ -36,6 +36,7 @@ from virtio_msg.vhost import (
 )
 from virtio_msg.vhost.profiles import profile
 from virtio_msg.vhost.protocol import HEADER, Request
+from virtio_msg.virtqueue import DriverQueue
 from virtio_msg.wire import Message
 from virtio_msg.wire import spec as S
 
@@ -254,6 +255,7 @@ def test_reset_stops_each_ring_and_waits_for_requests_in_flight() -> None:
         deadline = time.monotonic() + WAIT
         while not be.rings[0].held and time.monotonic() < deadline:
             time.sleep(0.005)
+        assert isinstance(drv.vq, DriverQueue)  # vhost-user rings are split rings
         used_idx = drv.vq.layout.used_idx
         region = lb.region
         device.reset()  # what status 0 does: ENABLE 0, GET_VRING_BASE, then the drain

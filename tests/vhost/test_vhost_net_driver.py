@@ -25,7 +25,7 @@ from virtio_msg.drivers.net import (
 from virtio_msg.spec import DeviceId
 from virtio_msg.transport.device import DeviceModel
 from virtio_msg.transport.params import BusParams
-from virtio_msg.virtqueue import DeviceQueue
+from virtio_msg.virtqueue import DeviceRing
 
 MAC = bytes.fromhex("52540000aa01")
 PEER = bytes.fromhex("020000000002")
@@ -50,7 +50,7 @@ class EchoNet(DeviceModel):
         self.rx_len_override: int | None = None
         self.rx_num_buffers = 1
 
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
+    def queue_notify(self, index: int, queue: DeviceRing) -> None:
         """TX: take frames and echo them; RX: new buffers, deliver the backlog."""
         if index == 1:
             while (chain := queue.pop()) is not None:

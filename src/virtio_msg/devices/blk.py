@@ -100,7 +100,7 @@ from virtio_msg.errors import MemoryAccessError, VirtioMsgError
 from virtio_msg.memory import Region
 from virtio_msg.spec import DeviceId
 from virtio_msg.transport.model import RING_FEATURES, DeviceModel
-from virtio_msg.virtqueue import DescriptorChain, DeviceQueue
+from virtio_msg.virtqueue import DescriptorChain, DeviceRing
 
 log = logging.getLogger(__name__)
 
@@ -392,7 +392,7 @@ class BlkDevice(DeviceModel):
         """RESET_VQUEUE: like a reset for the queued work."""
         self.reset()
 
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
+    def queue_notify(self, index: int, queue: DeviceRing) -> None:
         """Serve every available request now, or hand the queue to the executor."""
         if self.executor is None:
             if self._drain(index, queue):
@@ -401,7 +401,7 @@ class BlkDevice(DeviceModel):
         epoch = self._epoch
         self.executor(lambda: self._deferred(epoch, index, queue))
 
-    def _drain(self, index: int, queue: DeviceQueue) -> bool:
+    def _drain(self, index: int, queue: DeviceRing) -> bool:
         served = 0
         while (chain := queue.pop()) is not None:
             queue.add_used(chain.head, self._serve(chain))
@@ -412,7 +412,7 @@ class BlkDevice(DeviceModel):
 
     # --- deferred processing (with an executor) -----------------------------------------
 
-    def _deferred(self, epoch: int, index: int, queue: DeviceQueue) -> None:
+    def _deferred(self, epoch: int, index: int, queue: DeviceRing) -> None:
         """Runs on the executor's thread; never raises (an executor may swallow errors)."""
         served = False
         failure: str | None = None

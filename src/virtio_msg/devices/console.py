@@ -49,7 +49,7 @@ from typing import Final, Protocol
 from virtio_msg.errors import VirtioMsgError
 from virtio_msg.spec import DeviceId
 from virtio_msg.transport.model import RING_FEATURES, DeviceModel
-from virtio_msg.virtqueue import DeviceQueue
+from virtio_msg.virtqueue import DeviceRing
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ class ConsoleDevice(DeviceModel):
             for p in self._ports:
                 p.ready = p.guest_open = p.guest_closed = p.eof_reported = False
 
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
+    def queue_notify(self, index: int, queue: DeviceRing) -> None:
         """Any queue: run the control transmitq, then move data on every port."""
         if index == CONTROL_TX:
             with self._lock:
@@ -478,7 +478,7 @@ class ConsoleDevice(DeviceModel):
 
     # --- moving bytes ---------------------------------------------------------------------------
 
-    def _live(self, index: int) -> DeviceQueue | None:
+    def _live(self, index: int) -> DeviceRing | None:
         q = self.queue(index)
         return q if q is not None and not q.broken else None
 

@@ -45,7 +45,7 @@ from virtio_msg.devices.ds1338 import DS1338
 from virtio_msg.devices.i2c_target import I2CTarget
 from virtio_msg.spec import DeviceId
 from virtio_msg.transport.model import RING_FEATURES, DeviceModel
-from virtio_msg.virtqueue import DescriptorChain, DeviceQueue
+from virtio_msg.virtqueue import DescriptorChain, DeviceRing
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class I2CDevice(DeviceModel):
             self._end_transaction()
             self._group_failed = False
 
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
+    def queue_notify(self, index: int, queue: DeviceRing) -> None:
         """Execute every available request, in order, and complete it."""
         served = False
         with self._lock:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from virtio_msg.spec import DeviceId
 from virtio_msg.transport.model import RING_FEATURES, DeviceModel
-from virtio_msg.virtqueue import DeviceQueue
+from virtio_msg.virtqueue import DeviceRing
 
 
 class RngDevice(DeviceModel):
@@ -31,7 +31,7 @@ class RngDevice(DeviceModel):
             self.source = random.Random(seed).randbytes
         self.bytes_served = 0
 
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
+    def queue_notify(self, index: int, queue: DeviceRing) -> None:
         """Serve every available request of the queue."""
         served = False
         while (chain := queue.pop()) is not None:

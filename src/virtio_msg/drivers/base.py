@@ -16,9 +16,15 @@ from virtio_msg.transport.device import REQUIRED_FEATURES
 from virtio_msg.transport.driver import DriverTransport
 
 TRANSPORT_FEATURES = (
-    (1 << C.VIRTIO_F_INDIRECT_DESC) | (1 << C.VIRTIO_F_EVENT_IDX) | (1 << C.VIRTIO_F_RING_RESET)
+    (1 << C.VIRTIO_F_INDIRECT_DESC)
+    | (1 << C.VIRTIO_F_EVENT_IDX)
+    | (1 << C.VIRTIO_F_RING_RESET)
+    | (1 << C.VIRTIO_F_RING_PACKED)
+    | (1 << C.VIRTIO_F_IN_ORDER)
+    | (1 << C.VIRTIO_F_NOTIFICATION_DATA)
 )
-"""Transport-level features every driver here can use."""
+"""Transport-level features every driver here can use (both ring kinds)."""
+_PACKED = 1 << C.VIRTIO_F_RING_PACKED
 
 
 class Driver:
@@ -51,6 +57,16 @@ class Driver:
                 "rings could not live in the restricted pool",
             )
         wanted = (REQUIRED_FEATURES | TRANSPORT_FEATURES | self.device_features) & self.feature_mask
+        ring = t.params.ring
+        if ring == "split":
+            wanted &= ~_PACKED
+        elif ring == "packed" and not offered & wanted & _PACKED:
+            t.fail()
+            raise TransportError(
+                "features",
+                f"device {t.dev_num} does not offer VIRTIO_F_RING_PACKED, and this run "
+                "forces packed rings",
+            )
         t.finalize_features(offered & wanted)
         try:
             self.setup()

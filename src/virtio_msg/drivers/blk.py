@@ -69,7 +69,7 @@ from virtio_msg.errors import DeviceBroken, TransportError, VirtioMsgError
 from virtio_msg.memory import PoolExhausted
 from virtio_msg.spec import DeviceId
 from virtio_msg.transport.driver import DEFAULT_QUEUE_SIZE, DriverTransport
-from virtio_msg.virtqueue import DriverQueue, QueueFull
+from virtio_msg.virtqueue import DriverRing, QueueFull
 
 Buffer = bytes | bytearray | memoryview
 
@@ -207,7 +207,7 @@ class BlkDriver(Driver):
         """Bind to ``transport``; nothing is read before :meth:`probe`."""
         super().__init__(transport, feature_mask=feature_mask)
         self._lock = threading.RLock()
-        self.vqs: list[DriverQueue] = []
+        self.vqs: list[DriverRing] = []
         self.config = BlkConfig(capacity=0)
         self._rr = 0
         self.segment_bytes = SECTOR_SIZE
@@ -334,7 +334,7 @@ class BlkDriver(Driver):
         return ops
 
     def _submit(self, pending: deque[BlkOp], mine: set[int]) -> None:
-        added: dict[int, DriverQueue] = {}
+        added: dict[int, DriverRing] = {}
         nq = len(self.vqs)
         while pending:
             op = pending[0]

@@ -41,7 +41,7 @@ from virtio_msg.drivers.base import Driver
 from virtio_msg.errors import TransportError, VirtioMsgError
 from virtio_msg.memory import PoolError
 from virtio_msg.spec import DeviceId
-from virtio_msg.virtqueue import DriverQueue, QueueFull
+from virtio_msg.virtqueue import DriverRing, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class ConsolePort:
     """One port, driver side: a byte stream with bounded waits."""
 
     def __init__(
-        self, driver: ConsoleDriver, port_id: int, rxq: DriverQueue, txq: DriverQueue
+        self, driver: ConsoleDriver, port_id: int, rxq: DriverRing, txq: DriverRing
     ) -> None:
         """Bind the port to its queues (the driver creates ports)."""
         self.driver = driver
@@ -326,7 +326,7 @@ class ConsoleDriver(Driver):
             max_ports = _CONFIG.unpack(self.transport.get_config(0, _CONFIG.size))[2]
             self.max_ports = max(1, min(max_ports, MAX_PORTS))
         nq = 2 + 2 * self.max_ports if self.multiport else 2
-        callbacks: list[Callable[[DriverQueue], None] | None] = []
+        callbacks: list[Callable[[DriverRing], None] | None] = []
         for index in range(nq):
             if index in (_CONTROL_RX, _CONTROL_TX) and self.multiport:
                 callbacks.append(self._on_control_rx if index == _CONTROL_RX else self._on_ctrl_tx)
@@ -447,7 +447,7 @@ class ConsoleDriver(Driver):
 
     # --- callbacks (event thread: reap only) ---------------------------------------------
 
-    def _on_data(self, vq: DriverQueue) -> None:
+    def _on_data(self, vq: DriverRing) -> None:
         try:
             for port in list(self.ports.values()):
                 if vq is port.rxq:
@@ -457,13 +457,13 @@ class ConsoleDriver(Driver):
         except VirtioMsgError as exc:  # a lying device or a queue torn down meanwhile
             log.warning("console: queue %d: %s", vq.index, exc)
 
-    def _on_control_rx(self, vq: DriverQueue) -> None:
+    def _on_control_rx(self, vq: DriverRing) -> None:
         try:
             self._poll_control()
         except VirtioMsgError as exc:
             log.warning("console: control: %s", exc)
 
-    def _on_ctrl_tx(self, vq: DriverQueue) -> None:
+    def _on_ctrl_tx(self, vq: DriverRing) -> None:
         try:
             self._flush_control()
         except VirtioMsgError as exc:

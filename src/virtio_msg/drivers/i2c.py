@@ -37,7 +37,7 @@ from virtio_msg.drivers.base import Driver
 from virtio_msg.errors import TransportError, VirtioMsgError
 from virtio_msg.memory import PoolError
 from virtio_msg.spec import DeviceId
-from virtio_msg.virtqueue import DriverQueue, QueueFull
+from virtio_msg.virtqueue import DriverRing, QueueFull
 
 __all__ = [
     "MAX_GROUP_MESSAGES",
@@ -202,7 +202,7 @@ class I2CDriver(Driver):
                 )
 
     def _submit(self, msgs: Sequence[I2CMessage]) -> list[object]:
-        vq: DriverQueue = self.vq
+        vq: DriverRing = self.vq
         tokens: list[object] = []
         last = len(msgs) - 1
         try:
@@ -231,7 +231,7 @@ class I2CDriver(Driver):
         return tokens
 
     def _wait(self, tokens: list[object], msgs: Sequence[I2CMessage]) -> list[tuple[bool, bytes]]:
-        vq: DriverQueue = self.vq
+        vq: DriverRing = self.vq
         pending = {id(t): t for t in tokens}
         done: dict[int, bytes] = {}
 

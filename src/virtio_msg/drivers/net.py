@@ -40,7 +40,7 @@ from virtio_msg.errors import TransportError, VirtioMsgError
 from virtio_msg.memory import PoolExhausted
 from virtio_msg.spec import DeviceId
 from virtio_msg.transport.driver import DriverTransport
-from virtio_msg.virtqueue import DriverQueue, QueueFull
+from virtio_msg.virtqueue import DriverRing, QueueFull
 
 VIRTIO_NET_F_MAC: Final = 5
 VIRTIO_NET_F_MRG_RXBUF: Final = 15
@@ -96,8 +96,8 @@ class NetDriver(Driver):
         super().__init__(transport, feature_mask=feature_mask)
         self._lock = threading.RLock()
         self.mac = b"\0" * 6
-        self.rx: DriverQueue | None = None
-        self.tx: DriverQueue | None = None
+        self.rx: DriverRing | None = None
+        self.tx: DriverRing | None = None
         self._frames: deque[bytes] = deque()
         self._tx_done: set[int] = set()
         self.sent = 0
@@ -150,7 +150,7 @@ class NetDriver(Driver):
         if added:
             self.transport.notify(rx)
 
-    def _queues(self) -> tuple[DriverQueue, DriverQueue]:
+    def _queues(self) -> tuple[DriverRing, DriverRing]:
         """(rx, tx), after checking that the device can be used."""
         self.transport.check()
         if self.rx is None or self.tx is None:

@@ -7,7 +7,7 @@ from typing import ClassVar
 from virtio_msg.drivers.base import Driver
 from virtio_msg.errors import TransportError
 from virtio_msg.spec import DeviceId
-from virtio_msg.virtqueue import DriverQueue
+from virtio_msg.virtqueue import DriverRing
 
 MAX_REQUEST = 64 * 1024
 """Largest single buffer posted (well under the pool's 256 KiB mapping cap)."""
@@ -35,7 +35,7 @@ class RngDriver(Driver):
 
     def _request(self, size: int) -> bytes:
         self.transport.check()
-        vq: DriverQueue = self.vq
+        vq: DriverRing = self.vq
         token = object()
         vq.add((), (size,), token)
         self.transport.notify(vq)

@@ -39,7 +39,7 @@ import virtio_msg.spec as C
 from virtio_msg.errors import VirtioMsgError
 from virtio_msg.transport.model import REQUIRED_FEATURES, RING_FEATURES, VENDOR_ID, DeviceModel
 from virtio_msg.transport.params import BusParams
-from virtio_msg.virtqueue import DeviceQueue
+from virtio_msg.virtqueue import DeviceRing, create_device_queue, is_packed
 from virtio_msg.wire import GenericMessage, Message, with_header
 from virtio_msg.wire import spec as S
 
@@ -69,7 +69,7 @@ class _Queue:
         self.device = 0
         self.enabled = False
         self.kicked = False
-        self.live: DeviceQueue | None = None
+        self.live: DeviceRing | None = None
 
 
 class _EngineLock:
@@ -189,7 +189,7 @@ class DeviceTransport:
         if self.params.header_size + 8 + 4 * n > self.params.max_size:
             self.discarded["features-reply-too-large"] += 1
             return None
-        offered = self.model.offered_features
+        offered = self._offered()
         words = tuple((offered >> (32 * (msg.block_index + i))) & _U32 for i in range(n))
         return S.GetDeviceFeaturesResp(msg.block_index, n, words)
 
@@ -206,6 +206,12 @@ class DeviceTransport:
                     # as a number (block 2**32-1 would be a 17 GB integer).
                     self._selected_beyond = True
         return S.SetDriverFeaturesResp()
+
+    def _offered(self) -> int:
+        offered = self.model.offered_features
+        if not self.params.notification_data:
+            offered &= ~(1 << C.VIRTIO_F_NOTIFICATION_DATA)  # BUS-51: linux-rfc1
+        return offered
 
     def _feature_blocks(self) -> int:
         return max(2, (self.model.offered_features.bit_length() + 31) // 32)
@@ -272,7 +278,7 @@ class DeviceTransport:
 
     def _accept_features(self) -> bool:
         selected = self._driver_selected()
-        offered = self.model.offered_features
+        offered = self._offered()
         if self._selected_beyond:
             self.last_error = "driver selected features beyond the offered feature blocks"
             return False
@@ -316,8 +322,9 @@ class DeviceTransport:
         if size > q.max_size:
             return
         enable = op == C.VQ_OP_ENABLE or (op == C.VQ_OP_KEEP and q.enabled)
-        if enable and (size == 0 or size & (size - 1)):
-            return  # split rings need a non-zero power-of-two size
+        packed = is_packed(self.negotiated_features)
+        if enable and (size == 0 or (size & (size - 1) and not packed)):
+            return  # split rings need a non-zero power-of-two size; packed ones any size
         live = q.live
         if enable and not q.enabled and self.status & C.Status.FEATURES_OK:
             # Features are known: validate the rings now, so that a bad SET_VQUEUE
@@ -351,6 +358,8 @@ class DeviceTransport:
         if not self.status & C.Status.DRIVER_OK or self.status & C.Status.DEVICE_NEEDS_RESET:
             q.kicked = True  # DEV-35: remembered, processed once DRIVER_OK is set
             return None
+        if q.live is not None and self.negotiated_features >> C.VIRTIO_F_NOTIFICATION_DATA & 1:
+            q.live.check_notification(msg.next_offset)  # a violation: DEVICE_NEEDS_RESET
         self._process(msg.vq_index, q)
         return None
 
@@ -361,7 +370,7 @@ class DeviceTransport:
             return self._queues[index]
         return None
 
-    def live_queue(self, index: int) -> DeviceQueue | None:
+    def live_queue(self, index: int) -> DeviceRing | None:
         """The validated device-side queue ``index`` (after DRIVER_OK), or None."""
         q = self._queue(index)
         if q is None or not self.status & C.Status.DRIVER_OK:
@@ -370,8 +379,8 @@ class DeviceTransport:
 
     def _new_queue(
         self, size: int, desc: int, driver: int, device: int, max_size: int
-    ) -> DeviceQueue:
-        return DeviceQueue.create(
+    ) -> DeviceRing:
+        return create_device_queue(
             self.region,
             size,
             desc,

@@ -28,7 +28,7 @@ import virtio_msg.spec as C
 from virtio_msg.errors import DeviceBroken, TransportError, VirtioMsgError
 from virtio_msg.transport.engine import Delay, DeviceInfo, DriverEngine, Proc, VqueueInfo
 from virtio_msg.transport.params import BusParams
-from virtio_msg.virtqueue import DriverQueue
+from virtio_msg.virtqueue import DriverRing, create_driver_queue, driver_queue_size
 from virtio_msg.wire import Message
 from virtio_msg.wire import spec as S
 
@@ -71,8 +71,8 @@ class DriverTransport:
         self.broken: str | None = None
         """Why the device is unusable, or None."""
         self.removed = False
-        self.queues: dict[int, DriverQueue] = {}
-        self._callbacks: dict[int, Callable[[DriverQueue], None]] = {}
+        self.queues: dict[int, DriverRing] = {}
+        self._callbacks: dict[int, Callable[[DriverRing], None]] = {}
         self.config_changed: Callable[[], None] | None = None
         """Called (on the bus's event thread) after an EVENT_CONFIG."""
 
@@ -202,20 +202,20 @@ class DriverTransport:
     def find_vqs(
         self,
         count: int,
-        callbacks: list[Callable[[DriverQueue], None] | None] | None = None,
+        callbacks: list[Callable[[DriverRing], None] | None] | None = None,
         *,
         size: int = DEFAULT_QUEUE_SIZE,
-    ) -> list[DriverQueue]:
+    ) -> list[DriverRing]:
         """Allocate rings in the pool and set up queues 0..count-1 (confirmed)."""
-        made: list[DriverQueue] = []
+        made: list[DriverRing] = []
         try:
             for i in range(count):
                 info = self.get_vqueue(i)
                 if info.max_size == 0:
                     raise TransportError("queue", f"device {self.dev_num}: queue {i} unavailable")
-                qsize = min(size, info.max_size)
-                qsize = 1 << (qsize.bit_length() - 1)  # split rings: a power of two
-                vq = DriverQueue(self.pool, i, qsize, self.engine.negotiated_features)
+                features = self.engine.negotiated_features
+                qsize = driver_queue_size(features, size, info.max_size)
+                vq: DriverRing = create_driver_queue(self.pool, i, qsize, features)
                 made.append(vq)
                 self._run(
                     self.engine.setup_vqueue(i, qsize, vq.desc_addr, vq.driver_addr, vq.device_addr)
@@ -225,14 +225,14 @@ class DriverTransport:
                 if cb is not None:
                     self._callbacks[i] = cb
         except BaseException:
-            for vq in made:
-                self.queues.pop(vq.index, None)
-                self._callbacks.pop(vq.index, None)
-                vq.close()
+            for undo in made:
+                self.queues.pop(undo.index, None)
+                self._callbacks.pop(undo.index, None)
+                undo.close()
             raise
         return made
 
-    def reset_vq(self, vq: DriverQueue) -> None:
+    def reset_vq(self, vq: DriverRing) -> None:
         """RESET_VQUEUE one queue (VIRTIO_F_RING_RESET) and free its rings."""
         self._run(self.engine.reset_vqueue(vq.index))
         self.queues.pop(vq.index, None)
@@ -261,7 +261,7 @@ class DriverTransport:
         if self.broken:
             raise DeviceBroken(f"device {self.dev_num} is broken: {self.broken}")
 
-    def notify(self, vq: DriverQueue) -> bool:
+    def notify(self, vq: DriverRing) -> bool:
         """Publish added buffers; send EVENT_AVAIL if the device wants one.
 
         Returns True if a notification was sent.  Raises if the device is gone.
@@ -269,7 +269,7 @@ class DriverTransport:
         self.check()
         if not vq.kick_prepare() or self.params.polling_only:
             return False
-        self._send_event(self.engine.event_avail(vq.index, vq.next_avail))
+        self._send_event(self.engine.event_avail(vq.index, vq.notification_data))
         return True
 
     # --- events and waiting --------------------------------------------------------------

@@ -229,6 +229,8 @@ class DriverEngine:
         info = self._need_info()
         features &= self.offered_features  # DRV-28/47: only bits offered
         features &= ~(1 << C.VIRTIO_F_NOTIF_CONFIG_DATA)  # DRV-29
+        if not self.params.notification_data:
+            features &= ~(1 << C.VIRTIO_F_NOTIFICATION_DATA)  # BUS-51: linux-rfc1
         nblocks = 2 if self.params.rfc1 else info.num_feature_blocks
         words = tuple((features >> (32 * i)) & 0xFFFFFFFF for i in range(nblocks))
         per = 2 if self.params.rfc1 else max(1, (self._room - 8) // 4)

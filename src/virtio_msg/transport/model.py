@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import virtio_msg.spec as C
 from virtio_msg.errors import VirtioMsgError
-from virtio_msg.virtqueue import DeviceQueue
+from virtio_msg.virtqueue import DeviceRing
 from virtio_msg.wire import Message
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class ModelHost(Protocol):
     def region(self) -> Region:
         """The shared region the device reads and writes buffers in."""
 
-    def live_queue(self, index: int) -> DeviceQueue | None:
+    def live_queue(self, index: int) -> DeviceRing | None:
         """The live device-side queue ``index``, if enabled and activated."""
 
     def notify_used(self, index: int) -> None:
@@ -62,10 +62,16 @@ REQUIRED_FEATURES = (1 << C.VIRTIO_F_VERSION_1) | (1 << C.VIRTIO_F_ACCESS_PLATFO
 """Every device offers these and refuses FEATURES_OK without them (ARCHITECTURE 4)."""
 
 RING_FEATURES = (
-    (1 << C.VIRTIO_F_INDIRECT_DESC) | (1 << C.VIRTIO_F_EVENT_IDX) | (1 << C.VIRTIO_F_RING_RESET)
+    (1 << C.VIRTIO_F_INDIRECT_DESC)
+    | (1 << C.VIRTIO_F_EVENT_IDX)
+    | (1 << C.VIRTIO_F_RING_RESET)
+    | (1 << C.VIRTIO_F_RING_PACKED)
+    | (1 << C.VIRTIO_F_IN_ORDER)
+    | (1 << C.VIRTIO_F_NOTIFICATION_DATA)
 )
-"""Ring features the transport implements for every device (offered unless disabled)."""
-
+"""Ring features the transport implements for every device (offered unless disabled):
+indirect descriptors, EVENT_IDX, ring reset, packed rings, in-order use and
+notification data."""
 
 
 class DeviceModel:
@@ -132,7 +138,7 @@ class DeviceModel:
     def reset(self) -> None:
         """Called when the device is reset (status 0); drop all device state."""
 
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
+    def queue_notify(self, index: int, queue: DeviceRing) -> None:
         """Process available buffers of queue ``index`` (after DRIVER_OK only)."""
 
     def queue_reset(self, index: int) -> None:
@@ -168,7 +174,7 @@ class DeviceModel:
             raise VirtioMsgError("device model is not attached to a transport")
         return self.transport.region
 
-    def queue(self, index: int) -> DeviceQueue | None:
+    def queue(self, index: int) -> DeviceRing | None:
         """The live device-side queue ``index``, if enabled and activated."""
         return self.transport.live_queue(index) if self.transport else None
 

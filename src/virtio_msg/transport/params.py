@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import virtio_msg.spec as C
 from virtio_msg.wire import Profile, profile_limits
 
+RING_KINDS = ("auto", "split", "packed")
+"""Values of :attr:`BusParams.ring`."""
+
 
 @dataclass(frozen=True, init=False)
 class BusParams:
@@ -32,6 +35,8 @@ class BusParams:
     """How often a multi-chunk config read is retried while generations differ."""
     polling_only: bool
     """Endpoints agreed to poll the rings: no EVENT_AVAIL / EVENT_USED (open question 11)."""
+    ring: str
+    """Ring kind drivers use: ``auto`` (packed when offered), ``split`` or ``packed`` (forced)."""
 
     def __init__(
         self,
@@ -44,6 +49,7 @@ class BusParams:
         reset_poll_limit: int = 1000,
         config_retries: int = 5,
         polling_only: bool = False,
+        ring: str = "auto",
     ) -> None:
         """Validate and store the parameters (ValueError names the bad one)."""
         try:
@@ -64,6 +70,8 @@ class BusParams:
             raise ValueError(f"timeout {timeout_ms} ms must be positive")
         if reset_poll_limit <= 0 or config_retries <= 0:
             raise ValueError("reset_poll_limit and config_retries must be positive")
+        if ring not in RING_KINDS:
+            raise ValueError(f"ring kind {ring!r} is not one of {', '.join(RING_KINDS)}")
         for name, value in (
             ("profile", wire),
             ("max_msg_size", size),
@@ -73,6 +81,7 @@ class BusParams:
             ("reset_poll_limit", reset_poll_limit),
             ("config_retries", config_retries),
             ("polling_only", polling_only),
+            ("ring", ring),
         ):
             object.__setattr__(self, name, value)
 
@@ -80,6 +89,16 @@ class BusParams:
     def max_size(self) -> int:
         """The maximum message size."""
         return self.max_msg_size
+
+    @property
+    def notification_data(self) -> bool:
+        """Whether EVENT_AVAIL can carry notification data on this bus (BUS-51).
+
+        The linux-rfc1 profile cannot: the seed decodes ``next_offset_wrap``
+        with ``|`` instead of ``&`` (linux-rfc1.md defect 23), so with it
+        VIRTIO_F_NOTIFICATION_DATA is never negotiated.
+        """
+        return not self.rfc1
 
     @property
     def rfc1(self) -> bool:

@@ -82,7 +82,7 @@ from virtio_msg.vhost.protocol import (
     VhostUserError,
     VhostUserRefused,
 )
-from virtio_msg.virtqueue import DeviceQueue
+from virtio_msg.virtqueue import DeviceQueue, DeviceRing
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class VhostUserDevice(DeviceModel):
         except VhostUserError as exc:
             self.fail(f"vhost-user start failed: {exc}")
 
-    def queue_notify(self, index: int, queue: DeviceQueue) -> None:
+    def queue_notify(self, index: int, queue: DeviceRing) -> None:
         """EVENT_AVAIL: kick the back end (starting the ring first if it was reset)."""
         if not self.frontend.connected:
             raise VhostUserDisconnected(f"vhost-user back end is gone: {self.frontend.reason}")
@@ -330,7 +330,10 @@ class VhostUserDevice(DeviceModel):
 
     # --- rings --------------------------------------------------------------------------------
 
-    def _start_ring(self, index: int, queue: DeviceQueue) -> None:
+    def _start_ring(self, index: int, queue: DeviceRing) -> None:
+        if not isinstance(queue, DeviceQueue):
+            # Never offered (ring_features=0 keeps VIRTIO_F_RING_PACKED out).
+            raise VhostUserError(f"queue {index}: vhost-user rings here are split rings only")
         fe = self.frontend
         layout = queue.layout
         fe.set_vring_num(index, queue.size)

@@ -1,31 +1,40 @@
-"""Split virtqueues (virtio 1.x §2.7), both sides, over the Region API.
+"""Split (virtio 1.x §2.7) and packed (§2.8) virtqueues, both sides, over the Region API.
 
-:class:`DriverQueue` allocates its rings and bounces its buffers through a
-:class:`~virtio_msg.memory.DmaPool` and checks every used entry against its own
-shadow state; :class:`DeviceQueue` is built from untrusted SET_VQUEUE
-parameters by one validating constructor and validates every chain it pops.
+:class:`DriverQueue` / :class:`PackedDriverQueue` allocate their rings and
+bounce their buffers through a :class:`~virtio_msg.memory.DmaPool` and check
+every used entry against their own shadow state; :class:`DeviceQueue` /
+:class:`PackedDeviceQueue` are built from untrusted SET_VQUEUE parameters by
+one validating constructor and validate every chain they pop.  Device models
+and drivers use either kind through :class:`DeviceRing` / :class:`DriverRing`.
 Each broken rule has its own exception class (see ``errors``).
 """
 
 from __future__ import annotations
 
-from virtio_msg.virtqueue.device import MAX_CHAIN_BYTES, DescriptorChain, DeviceQueue
+from virtio_msg.virtqueue.chain import MAX_CHAIN_BYTES, DescriptorChain
+from virtio_msg.virtqueue.device import DeviceQueue
 from virtio_msg.virtqueue.driver import DriverQueue, ring_bytes
 from virtio_msg.virtqueue.errors import (
     AvailIndexTooFar,
     BufferOutOfRegion,
+    ChainDescriptorNotAvailable,
     ChainTooLarge,
     ChainTooLong,
     DescriptorAfterIndirect,
     DescriptorIndexOutOfRange,
     DeviceLied,
     DriverViolation,
+    EventSuppressionInvalid,
     HeadInFlight,
     IndirectBadLength,
+    IndirectEntryInvalid,
+    IndirectInChain,
     IndirectNotNegotiated,
     IndirectOutOfRegion,
     InvalidQueueConfig,
     NestedIndirect,
+    NotificationDataInvalid,
+    OutOfOrderDescriptor,
     QueueAreaMisaligned,
     QueueAreaOutOfRegion,
     QueueBroken,
@@ -57,22 +66,52 @@ from virtio_msg.virtqueue.layout import (
     used_ring_size,
     vring_need_event,
 )
+from virtio_msg.virtqueue.packed_device import PackedDeviceQueue
+from virtio_msg.virtqueue.packed_driver import PackedDriverQueue
+from virtio_msg.virtqueue.packed_layout import (
+    EVENT_SUPPRESSION,
+    PACKED_DESC,
+    RING_EVENT_FLAGS_DESC,
+    RING_EVENT_FLAGS_DISABLE,
+    RING_EVENT_FLAGS_ENABLE,
+    VIRTQ_DESC_F_AVAIL,
+    VIRTQ_DESC_F_USED,
+    PackedLayout,
+    packed_need_event,
+    packed_ring_bytes,
+)
+from virtio_msg.virtqueue.ring import (
+    DeviceRing,
+    DriverRing,
+    create_device_queue,
+    create_driver_queue,
+    driver_queue_size,
+    is_packed,
+)
 
 __all__ = [
     "AVAIL_ALIGN",
     "DESC",
     "DESC_ALIGN",
     "DESC_SIZE",
+    "EVENT_SUPPRESSION",
     "MAX_CHAIN_BYTES",
+    "PACKED_DESC",
+    "RING_EVENT_FLAGS_DESC",
+    "RING_EVENT_FLAGS_DISABLE",
+    "RING_EVENT_FLAGS_ENABLE",
     "USED_ALIGN",
     "USED_ELEM",
+    "VIRTQ_DESC_F_AVAIL",
     "VIRTQ_DESC_F_INDIRECT",
     "VIRTQ_DESC_F_NEXT",
+    "VIRTQ_DESC_F_USED",
     "VIRTQ_DESC_F_WRITE",
     "VRING_AVAIL_F_NO_INTERRUPT",
     "VRING_USED_F_NO_NOTIFY",
     "AvailIndexTooFar",
     "BufferOutOfRegion",
+    "ChainDescriptorNotAvailable",
     "ChainTooLarge",
     "ChainTooLong",
     "DescriptorAfterIndirect",
@@ -80,14 +119,24 @@ __all__ = [
     "DescriptorIndexOutOfRange",
     "DeviceLied",
     "DeviceQueue",
+    "DeviceRing",
     "DriverQueue",
+    "DriverRing",
     "DriverViolation",
+    "EventSuppressionInvalid",
     "HeadInFlight",
     "IndirectBadLength",
+    "IndirectEntryInvalid",
+    "IndirectInChain",
     "IndirectNotNegotiated",
     "IndirectOutOfRegion",
     "InvalidQueueConfig",
     "NestedIndirect",
+    "NotificationDataInvalid",
+    "OutOfOrderDescriptor",
+    "PackedDeviceQueue",
+    "PackedDriverQueue",
+    "PackedLayout",
     "QueueAreaMisaligned",
     "QueueAreaOutOfRegion",
     "QueueBroken",
@@ -101,8 +150,14 @@ __all__ = [
     "UsedIndexTooFar",
     "UsedLengthTooLarge",
     "avail_ring_size",
+    "create_device_queue",
+    "create_driver_queue",
     "desc_table_size",
+    "driver_queue_size",
+    "is_packed",
     "is_valid_queue_size",
+    "packed_need_event",
+    "packed_ring_bytes",
     "ring_bytes",
     "used_ring_size",
     "vring_need_event",

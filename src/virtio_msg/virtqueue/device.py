@@ -33,15 +33,18 @@ through :func:`wrap16`.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Final
 
 from virtio_msg.memory import Region, wrap16
 from virtio_msg.spec import (
     VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_IN_ORDER,
     VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_RING_PACKED,
     VQ_MAX_SIZE,
 )
+from virtio_msg.virtqueue.chain import MAX_CHAIN_BYTES, DescriptorChain
 from virtio_msg.virtqueue.errors import (
     AvailIndexTooFar,
     BufferOutOfRegion,
@@ -55,6 +58,8 @@ from virtio_msg.virtqueue.errors import (
     IndirectNotNegotiated,
     IndirectOutOfRegion,
     NestedIndirect,
+    NotificationDataInvalid,
+    OutOfOrderDescriptor,
     QueueAreaMisaligned,
     QueueAreaOutOfRegion,
     QueueBroken,
@@ -84,96 +89,7 @@ from virtio_msg.virtqueue.layout import (
 
 __all__ = ["MAX_CHAIN_BYTES", "DescriptorChain", "DeviceQueue"]
 
-MAX_CHAIN_BYTES: Final = 1 << 32
-"""A chain's total length must stay below 2**32 (§2.7.5.2)."""
-
 _CREATE_KEY: Final = object()
-
-
-class DescriptorChain:
-    """One validated chain popped from the available ring.
-
-    ``readable`` and ``writable`` are ``(bus address, length)`` pairs, each
-    already checked to lie inside the region; ``indirect`` says whether the
-    chain came through an indirect table.  Give ``head`` back to
-    :meth:`DeviceQueue.add_used`.
-    """
-
-    __slots__ = (
-        "_region",
-        "head",
-        "indirect",
-        "readable",
-        "readable_len",
-        "writable",
-        "writable_len",
-    )
-
-    def __init__(
-        self,
-        region: Region,
-        head: int,
-        readable: list[tuple[int, int]],
-        writable: list[tuple[int, int]],
-        readable_len: int,
-        writable_len: int,
-        indirect: bool,
-    ) -> None:
-        """Record a validated chain (built by :meth:`DeviceQueue.pop`)."""
-        self._region = region
-        self.head = head
-        self.readable = readable
-        self.writable = writable
-        self.readable_len = readable_len
-        self.writable_len = writable_len
-        self.indirect = indirect
-
-    def __len__(self) -> int:
-        """Return the number of data descriptors (the indirect pointer not counted)."""
-        return len(self.readable) + len(self.writable)
-
-    def read(self) -> bytes:
-        """Return all device-readable bytes, concatenated in chain order."""
-        region = self._region
-        return b"".join([region.read(addr, length) for addr, length in self.readable])
-
-    def readable_views(self) -> list[memoryview]:
-        """Return zero-copy views of the device-readable buffers."""
-        return [self._region.view(addr, length) for addr, length in self.readable]
-
-    def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
-        """Write ``data`` into the device-writable buffers, starting ``offset`` bytes in.
-
-        Returns the number of bytes written (``len(data)``); raises
-        ``ValueError`` if the data does not fit the writable space.
-        """
-        src = memoryview(data).cast("B")
-        if offset < 0 or offset + src.nbytes > self.writable_len:
-            raise ValueError(
-                f"{src.nbytes} bytes at offset {offset} do not fit "
-                f"{self.writable_len} writable bytes"
-            )
-        pos = 0
-        skip = offset
-        for addr, length in self.writable:
-            if pos == src.nbytes:
-                break
-            if skip >= length:
-                skip -= length
-                continue
-            take = min(length - skip, src.nbytes - pos)
-            self._region.write(addr + skip, src[pos : pos + take])
-            pos += take
-            skip = 0
-        return pos
-
-    def __repr__(self) -> str:
-        """Show head, shape and lengths."""
-        kind = " indirect" if self.indirect else ""
-        return (
-            f"<DescriptorChain head={self.head}{kind} r={len(self.readable)}/{self.readable_len}B "
-            f"w={len(self.writable)}/{self.writable_len}B>"
-        )
 
 
 class DeviceQueue:
@@ -203,6 +119,11 @@ class DeviceQueue:
         self._signalled_used = start_index
         self._notify_enabled = True
         self._in_flight: dict[int, int] = {}
+        self._in_order = bool(features >> VIRTIO_F_IN_ORDER & 1)
+        self._order: deque[int] = deque()  # IN_ORDER: heads in the order they were popped
+        self._done: dict[int, int] = {}  # IN_ORDER: completed heads waiting for earlier ones
+        self._expect_head = 0  # IN_ORDER: the descriptor the next chain must start at
+        self._walked = 0  # direct descriptors of the last chain walked
         self._broken: DriverViolation | None = None
         # Fixed addresses, checked inside the region by create().
         self._desc_addr = layout.desc
@@ -296,7 +217,7 @@ class DeviceQueue:
     @property
     def in_flight(self) -> int:
         """Chains popped but not yet returned with :meth:`add_used`."""
-        return len(self._in_flight)
+        return len(self._in_flight) - len(self._done)
 
     def _check_usable(self) -> None:
         if self._broken is not None:
@@ -335,6 +256,10 @@ class DeviceQueue:
                 )
             if head in self._in_flight:
                 raise HeadInFlight(f"avail.ring[{slot}] names head {head}, still in flight")
+            if self._in_order and head != self._expect_head:
+                raise OutOfOrderDescriptor(
+                    f"avail.ring[{slot}] names head {head}; in order it must be {self._expect_head}"
+                )
             chain = self._walk(head)
         except DriverViolation as exc:
             self._broken = exc
@@ -343,6 +268,9 @@ class DeviceQueue:
         if self._event_idx and self._notify_enabled:
             region.write_u16(self._avail_event_addr, last)
         self._in_flight[head] = chain.writable_len
+        if self._in_order:
+            self._order.append(head)
+            self._expect_head = (head + self._walked) % self._size
         return chain
 
     def _walk(self, head: int) -> DescriptorChain:
@@ -355,8 +283,10 @@ class DeviceQueue:
         count = 0
         index = head
         indirect = False
+        self._walked = 0
         while True:
             count += 1
+            self._walked += 1
             if count > size:
                 raise ChainTooLong(f"chain from head {head} is longer than the queue size {size}")
             addr, length, flags, nxt = region.unpack(DESC, desc_base + DESC_SIZE * index)
@@ -425,6 +355,11 @@ class DeviceQueue:
                 raise DescriptorIndexOutOfRange(
                     f"descriptor {index} links to {nxt}; the queue holds {size}"
                 )
+            if self._in_order and nxt != (index + 1) % size:
+                raise OutOfOrderDescriptor(
+                    f"descriptor {index} links to {nxt}; in order it must link to "
+                    f"{(index + 1) % size}"
+                )
             index = nxt
         if rlen + wlen >= MAX_CHAIN_BYTES:
             raise ChainTooLarge(f"chain from head {head} totals {rlen + wlen} bytes (>= 2**32)")
@@ -463,12 +398,23 @@ class DeviceQueue:
         if self._broken is not None:
             raise QueueBroken(f"queue is broken: {self._broken}")
         limit = self._in_flight.get(head)
-        if limit is None:
+        if limit is None or head in self._done:
             raise ValueError(f"head {head} is not an in-flight chain of this queue")
         if not 0 <= written_len <= limit:
             raise ValueError(
                 f"written length {written_len} exceeds the chain's {limit} writable bytes"
             )
+        if not self._in_order:
+            self._publish(head, written_len)
+            return
+        # IN_ORDER: publish in the order the chains were made available.
+        self._done[head] = written_len
+        order = self._order
+        while order and order[0] in self._done:
+            first = order.popleft()
+            self._publish(first, self._done.pop(first))
+
+    def _publish(self, head: int, written_len: int) -> None:
         del self._in_flight[head]
         used = self._next_used
         region = self._region
@@ -525,6 +471,38 @@ class DeviceQueue:
         else:
             self._region.write_u16(self._layout.used_flags, 0)
         return self.has_available()
+
+    def check_notification(self, next_offset: int) -> None:
+        """Check EVENT_AVAIL notification data against the ring (VIRTIO_F_NOTIFICATION_DATA).
+
+        The split encoding is the 16-bit ``avail.idx`` (the draft's and Linux's,
+        bits 0..15, bit 31 clear); the core spec's (15 bits plus the wrap in
+        bit 31) is accepted too.  Bits 16..30 must be clear, and the index may
+        not lie ahead of ``avail.idx`` as the ring shows it (read here, checked
+        as in :meth:`pop`, and then used by the next pops).
+        """
+        self._check_usable()
+        try:
+            if next_offset & 0x7FFF0000:
+                raise NotificationDataInvalid(
+                    f"notification data {next_offset:#x} sets bits 16..30 for a split ring"
+                )
+            notified = (next_offset & 0xFFFF) | (next_offset >> 31) << 15
+            idx = self._region.read_u16(self._avail_idx_addr)
+            ahead = wrap16(idx - self._last_avail)
+            if ahead > self._size:
+                raise AvailIndexTooFar(
+                    f"avail.idx is {idx}, {ahead} entries past {self._last_avail}; "
+                    f"the queue holds {self._size}"
+                )
+            self._avail_shadow = idx
+            if wrap16(idx - notified) > self._size:
+                raise NotificationDataInvalid(
+                    f"notification says avail index {notified}, but avail.idx is {idx}"
+                )
+        except DriverViolation as exc:
+            self._broken = exc
+            raise
 
     def has_available(self) -> bool:
         """Return whether ``avail.idx`` is ahead of the next index the device will pop."""

@@ -27,11 +27,12 @@ Strategy (after Linux ``virtio_ring.c`` with the DMA API in use):
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
 from virtio_msg.memory import DmaDirection, DmaPool, Mapping, PoolError, wrap16
-from virtio_msg.spec import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
+from virtio_msg.spec import VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_INDIRECT_DESC
 from virtio_msg.virtqueue.errors import (
     DeviceLied,
     QueueBroken,
@@ -124,6 +125,7 @@ class DriverQueue:
         self._features = features
         self._event_idx = bool(features >> VIRTIO_F_EVENT_IDX & 1)
         self._indirect = bool(features >> VIRTIO_F_INDIRECT_DESC & 1)
+        self._in_order = bool(features >> VIRTIO_F_IN_ORDER & 1)
         self._ring_addr = pool.alloc_coherent(ring_bytes(size))
         base = self._ring_addr
         self._layout = SplitLayout(
@@ -142,7 +144,15 @@ class DriverQueue:
         self._region.write_u16(layout.used_idx, self._start)
         self._region.write_u16(layout.avail_event, self._start)
         self._region.write_u16(layout.used_event, self._start)
-        self._free = list(range(self._size - 1, -1, -1))
+        # IN_ORDER: descriptors are taken in table order (FIFO) and come back in
+        # order, so a chain at offset x links to x + 1 (0 after the last entry).
+        self._free: deque[int] = deque(range(self._size - 1, -1, -1))
+        self._take = self._free.pop
+        if self._in_order:
+            self._free = deque(range(self._size))
+            self._take = self._free.popleft
+        self._order: deque[int] = deque()  # IN_ORDER: heads in the order made available
+        self._ready: deque[tuple[object, bytes]] = deque()  # IN_ORDER batch leftovers
         self._chains: list[_Outstanding | None] = [None] * self._size
         self._outstanding = 0
         self._avail_idx = self._start
@@ -207,6 +217,11 @@ class DriverQueue:
     @property
     def next_avail(self) -> int:
         """The available index the next chain will get (EVENT_AVAIL ``next_off``)."""
+        return self._avail_idx
+
+    @property
+    def notification_data(self) -> int:
+        """EVENT_AVAIL ``next_offset`` for a split ring: the 16-bit avail index, bit 31 clear."""
         return self._avail_idx
 
     @property
@@ -279,13 +294,13 @@ class DriverQueue:
         region = self._region
         layout = self._layout
         if table is not None:
-            head = self._free.pop()
+            head = self._take()
             descs = [head]
             region.pack(
                 DESC, layout.descriptor(head), table.addr, table.length, VIRTQ_DESC_F_INDIRECT, 0
             )
         else:
-            descs = [self._free.pop() for _ in range(count)]
+            descs = [self._take() for _ in range(count)]
             head = descs[0]
             last = count - 1
             for i, (addr, length, flags) in enumerate(entries):
@@ -303,6 +318,8 @@ class DriverQueue:
         writable_len = sum(m.length for m in write_maps)
         self._chains[head] = _Outstanding(token, read_maps, write_maps, writable_len, descs, table)
         self._outstanding += 1
+        if self._in_order:
+            self._order.append(head)
         region.write_u16(layout.avail_ring + 2 * (self._avail_idx & self._mask), head)
         self._avail_idx = wrap16(self._avail_idx + 1)
         self._num_added += 1
@@ -350,6 +367,8 @@ class DriverQueue:
         marks the queue broken) when the used ring contradicts the shadow state.
         """
         self._check_usable()
+        if self._ready:
+            return self._ready.popleft()
         try:
             return self._pop_used()
         except DeviceLied as exc:
@@ -387,13 +406,30 @@ class DriverQueue:
                 f"queue {self._index}: used length {length} for head {used_id} exceeds its "
                 f"{chain.writable_len} writable bytes"
             )
-        self._chains[used_id] = None
-        self._outstanding -= 1
-        self._last_used = last = wrap16(last + 1)
-        data = self._release(chain, length)
+        batch = [used_id]
+        if self._in_order:
+            # One used entry may stand for a batch ending at used_id; used.idx moved
+            # by the batch size (VIRTIO_F_IN_ORDER, §2.7.9).
+            batch = list(self._order)[: self._order.index(used_id) + 1]
+            if len(batch) > wrap16(self._used_shadow - last):
+                raise UsedIndexTooFar(
+                    f"queue {self._index}: used id {used_id} ends a batch of {len(batch)}, "
+                    f"but used.idx moved only {wrap16(self._used_shadow - last)}"
+                )
+            for _ in batch:
+                self._order.popleft()
+        out: list[tuple[object, bytes]] = []
+        for head in batch:
+            item = self._chains[head]
+            assert item is not None
+            self._chains[head] = None
+            self._outstanding -= 1
+            out.append((item.token, self._release(item, length if head == used_id else -1)))
+        self._last_used = last = wrap16(last + len(batch))
         if self._event_idx and self._callbacks:
             region.write_u16(self._layout.used_event, last)
-        return chain.token, data
+        self._ready.extend(out[1:])
+        return out[0]
 
     def _release(self, chain: _Outstanding, length: int) -> bytes:
         pool = self._pool
@@ -403,6 +439,8 @@ class DriverQueue:
             pool.unmap(chain.table)
         parts = [pool.unmap(m) or b"" for m in chain.writable]
         self._free.extend(chain.descs)
+        if length < 0:
+            length = chain.writable_len
         if length == 0:
             return b""
         if len(parts) == 1:
@@ -447,7 +485,7 @@ class DriverQueue:
             self._region.write_u16(self._layout.used_event, self._last_used)
         else:
             self._region.write_u16(self._layout.avail_flags, 0)
-        if self._used_shadow != self._last_used:
+        if self._ready or self._used_shadow != self._last_used:
             return True
         return self._region.read_u16(self._layout.used_idx) != self._last_used
 
@@ -459,12 +497,16 @@ class DriverQueue:
         Unmaps their buffers, frees their descriptors and returns their
         tokens.  Works on a broken queue.
         """
-        tokens: list[object] = []
-        for head, chain in enumerate(self._chains):
+        tokens: list[object] = [token for token, _data in self._ready]
+        self._ready.clear()
+        heads = list(self._order) if self._in_order else range(self._size)
+        for head in heads:
+            chain = self._chains[head]
             if chain is not None:
                 self._chains[head] = None
                 self._release(chain, 0)
                 tokens.append(chain.token)
+        self._order.clear()
         self._outstanding = 0
         return tokens
 

@@ -16,18 +16,24 @@ from virtio_msg.errors import VirtqueueError
 __all__ = [
     "AvailIndexTooFar",
     "BufferOutOfRegion",
+    "ChainDescriptorNotAvailable",
     "ChainTooLarge",
     "ChainTooLong",
     "DescriptorAfterIndirect",
     "DescriptorIndexOutOfRange",
     "DeviceLied",
     "DriverViolation",
+    "EventSuppressionInvalid",
     "HeadInFlight",
     "IndirectBadLength",
+    "IndirectEntryInvalid",
+    "IndirectInChain",
     "IndirectNotNegotiated",
     "IndirectOutOfRegion",
     "InvalidQueueConfig",
     "NestedIndirect",
+    "NotificationDataInvalid",
+    "OutOfOrderDescriptor",
     "QueueAreaMisaligned",
     "QueueAreaOutOfRegion",
     "QueueBroken",
@@ -144,6 +150,52 @@ class NestedIndirect(DriverViolation):
 
 class DescriptorAfterIndirect(DriverViolation):
     """An indirect descriptor also sets VIRTQ_DESC_F_NEXT (§2.7.5.3.1)."""
+
+
+class IndirectInChain(DriverViolation):
+    """Packed ring: an indirect descriptor inside a list linked by NEXT (§2.8.19.1).
+
+    "A driver MUST NOT write direct descriptors with DESC_F_INDIRECT set in a
+    scatter-gather list linked by VIRTQ_DESC_F_NEXT": in a packed ring an
+    indirect descriptor is a chain on its own.
+    """
+
+
+class IndirectEntryInvalid(DriverViolation):
+    """Packed ring: an indirect-table entry sets a flag other than WRITE (§2.8.19.1)."""
+
+
+class ChainDescriptorNotAvailable(DriverViolation):
+    """Packed ring: a chain continues (NEXT) into a descriptor the driver did not make available.
+
+    §2.8.21.1.1: the driver marks every descriptor of a chain with the AVAIL
+    and USED bits of its wrap; the first descriptor is made available last.
+    """
+
+
+class EventSuppressionInvalid(DriverViolation):
+    """Packed ring: the driver event suppression structure is invalid (§2.8.10.1).
+
+    ``flags`` 3 is reserved; 2 (descriptor-specific) needs VIRTIO_F_EVENT_IDX;
+    a descriptor-specific event offset must be below the ring size.
+    """
+
+
+class OutOfOrderDescriptor(DriverViolation):
+    """Split ring with VIRTIO_F_IN_ORDER: descriptors are not used in ring order (§2.7.11).
+
+    The driver MUST use descriptors in ring order, and a chained descriptor at
+    table offset x MUST link to x + 1 (0 after the last entry).
+    """
+
+
+class NotificationDataInvalid(DriverViolation):
+    """EVENT_AVAIL notification data contradicts the ring (VIRTIO_F_NOTIFICATION_DATA, §2.9).
+
+    Split: bits 16..30 must be clear and the index may not lie ahead of
+    ``avail.idx``.  Packed: the offset must be below the ring size and a
+    position ahead of the device's must be available in the descriptor ring.
+    """
 
 
 # --- driver side: the device's used ring lies ----------------------------------
