@@ -43,11 +43,19 @@ class BusPort(Protocol):
 class Backend:
     """Serves device models on one bus (device side of the loopback)."""
 
-    def __init__(self, region: Region, params: BusParams | None = None) -> None:
-        """Use ``region`` (this process's view of the bus region) and the bus parameters."""
+    def __init__(
+        self, region: Region, params: BusParams | None = None, *, kernel_compat: bool = False
+    ) -> None:
+        """Use ``region`` (this process's view of the bus region) and the bus parameters.
+
+        ``kernel_compat`` (linux-rfc1 only) accepts the seed kernel's wrong
+        ``msg_size`` values (:mod:`virtio_msg.wire.compat`).
+        """
         self.region = region
         self.params = params or BusParams()
-        self.adapter = WireAdapter(self.params.profile, self.params.max_size)
+        self.adapter = WireAdapter(
+            self.params.profile, self.params.max_size, kernel_compat=kernel_compat
+        )
         self.port: BusPort | None = None
         self.devices: dict[int, DeviceTransport] = {}
         self.dropped: Counter[str] = Counter()

@@ -136,12 +136,29 @@ class Region:
             raise
         return self
 
-    def _setup(self, fd: int, base: int, size: int) -> None:
+    @classmethod
+    def from_mapping(cls, mm: mmap.mmap, base: int) -> Self:
+        """Adopt an existing shared mapping (e.g. of a kernel's region device) as a region.
+
+        The region spans exactly ``len(mm)`` bytes from bus address ``base`` and
+        owns the mapping (it closes it); it has no fd of its own (:attr:`fd`
+        raises).  Use it when the mapping comes from a device file whose size
+        ``fstat`` does not report, after checking the size some other way.
+        """
+        size = len(mm)
+        _check_geometry(base, size)
+        self = cls.__new__(cls)
+        self._setup(-1, base, size, mm)
+        return self
+
+    def _setup(self, fd: int, base: int, size: int, mm: mmap.mmap | None = None) -> None:
         self._fd = fd
         self._base = base
         self._size = size
         self._end = base + size
-        self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        if mm is None:
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._mm = mm
         self._mv = memoryview(self._mm)
         # Ring indices (avail.idx, used.idx) are published with one aligned
         # 16-bit store: struct.pack_into zero-fills its target before writing,
@@ -174,6 +191,8 @@ class Region:
         """The memfd backing the region (owned by the region; pass it, do not close it)."""
         if self._closed:
             raise RegionClosed("region is closed")
+        if self._fd < 0:
+            raise RegionClosed("region was adopted from a mapping and has no fd")
         return self._fd
 
     @property
@@ -325,7 +344,8 @@ class Region:
         # A live view still exporting the buffer keeps the mapping until it goes.
         with contextlib.suppress(BufferError):
             self._mm.close()
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
 
     def __enter__(self) -> Self:
         """Return the region itself."""

@@ -15,6 +15,10 @@ explicit where they differ:
   enabled (SET_VQUEUE implied enable).
 * GET_SHM: 32-bit length/address in the seed.
 * The seed has no token: it is dropped on the way out and 0 on the way in.
+
+``WireAdapter(..., kernel_compat=True)`` (``linux-rfc1`` only) also accepts the
+real seed kernel's wrong ``msg_size`` values (:mod:`virtio_msg.wire.compat`);
+the default stays strict.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import virtio_msg.spec as C
 from virtio_msg.errors import EncodeError, MalformedMessage
 from virtio_msg.wire import rfc1 as R
 from virtio_msg.wire import spec as S
+from virtio_msg.wire.compat import kernel_frame
 from virtio_msg.wire.codec import Buffer, Codec, GenericMessage, Header, Message, Profile
 
 _U32 = 0xFFFFFFFF
@@ -229,19 +234,33 @@ class WireAdapter:
     owns the byte-level codec of the bus and translates for ``linux-rfc1``.
     """
 
-    __slots__ = ("codec", "decode", "encode", "rfc1")
+    __slots__ = ("codec", "decode", "encode", "kernel_compat", "rfc1")
 
-    def __init__(self, profile: Profile | str = Profile.SPEC, max_size: int | None = None) -> None:
-        """Create the codec for ``profile`` with the bus's maximum message size."""
+    def __init__(
+        self,
+        profile: Profile | str = Profile.SPEC,
+        max_size: int | None = None,
+        *,
+        kernel_compat: bool = False,
+    ) -> None:
+        """Create the codec for ``profile`` with the bus's maximum message size.
+
+        ``kernel_compat`` (``linux-rfc1`` only; ValueError otherwise) decodes
+        the seed kernel's SET_DRV_FEATURES / SET_CONFIG despite their wrong
+        ``msg_size`` (:func:`virtio_msg.wire.compat.kernel_frame`).
+        """
         self.codec = Codec(profile, max_size)
         self.rfc1 = self.codec.profile is Profile.LINUX_RFC1
+        if kernel_compat and not self.rfc1:
+            raise ValueError("kernel compatibility exists only for the linux-rfc1 profile")
+        self.kernel_compat = kernel_compat
         self.encode: Callable[[Message], bytes]
         """Encode a draft message in the bus's profile."""
         self.decode: Callable[[Buffer], Message]
         """Decode bytes of the bus's profile into a draft message."""
         if self.rfc1:
             self.encode = self._encode_rfc1
-            self.decode = self._decode_rfc1
+            self.decode = self._decode_kernel if kernel_compat else self._decode_rfc1
         else:  # no translation: the codec's own methods, no extra call per message
             self.encode = self.codec.encode
             self.decode = self.codec.decode
@@ -261,6 +280,9 @@ class WireAdapter:
 
     def _decode_rfc1(self, data: Buffer) -> Message:
         return to_draft(self.codec.decode(data))
+
+    def _decode_kernel(self, data: Buffer) -> Message:
+        return to_draft(self.codec.decode(kernel_frame(data)))
 
     def decode_header(self, data: Buffer) -> Header:
         """Validate and return the header (see :meth:`Codec.decode_header`)."""
