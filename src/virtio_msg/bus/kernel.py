@@ -1,4 +1,4 @@
-"""The kernel channel: a backend on the seed kernel's ``/dev/virtio-msg-N`` and ``/dev/virtio-msg-lb``.
+"""The kernel channel: a backend on the seed kernel's /dev/virtio-msg-N and /dev/virtio-msg-lb.
 
 Theory of operation.  The seed's loopback (linux-rfc1.md sections 3 and 4,
 linux-rfc1-observed.md) hands every request of the kernel's virtio drivers to
@@ -37,6 +37,7 @@ process for tests.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -233,10 +234,8 @@ class DeviceFiles:
     def interrupt(self, thread_id: int) -> None:
         """Send SIGUSR1 to the thread if a Python handler is installed for it."""
         if callable(signal.getsignal(signal.SIGUSR1)):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 signal.pthread_kill(thread_id, signal.SIGUSR1)
-            except (OSError, ValueError):
-                pass
 
 
 # --- errno -> message -----------------------------------------------------------------------
@@ -289,6 +288,7 @@ class KernelChannel:
         self.stats: Counter[str] = Counter()
         """Frames read, responses and events written, frames refused, ..."""
         self._names: dict[int, str] = {}
+        self._added: set[int] = set()
         self._stop = threading.Event()
         self._events: queue.Queue[bytes | None] = queue.Queue()
         self._answered = False
@@ -362,12 +362,14 @@ class KernelChannel:
         """ADD ``dev_num`` (bounded); KernelError on failure."""
         before = self.lb.virtio_devices()
         self._bounded("ADD", dev_num, lambda: self.lb.ioctl(IOCTL_VMSG_LB_ADD, dev_num))
+        self._added.add(dev_num)
         new = sorted(self.lb.virtio_devices() - before)
         if len(new) == 1:
             self._names[dev_num] = new[0]
 
     def remove(self, dev_num: int) -> None:
         """Unbind the kernel driver (when visible), then REMOVE ``dev_num`` (bounded)."""
+        self._added.discard(dev_num)
         name = self._names.pop(dev_num, None)
         if name is not None:
             try:
@@ -472,6 +474,9 @@ class KernelChannel:
         self.closed = True
         failures: list[str] = []
         for dev_num in sorted(self.backend.devices, reverse=True):
+            if dev_num not in self._added:  # served without an ADD: nothing to REMOVE
+                self.backend.devices.pop(dev_num).model.reset()
+                continue
             try:
                 self.backend.withdraw(dev_num)
             except (KernelError, ValueError) as exc:

@@ -51,7 +51,7 @@ __all__ = ["SeedLoopback"]
 
 _U16: Final = struct.Struct("<H")
 _MASK64: Final = (1 << 64) - 1
-_SEED_SIZES: Final = {
+_SEED_SIZES: Final[dict[int, int]] = {
     TransportMsg.SET_DRIVER_FEATURES: SEED_SET_FEATURES_SIZE,
     TransportMsg.SET_CONFIG: SEED_SET_CONFIG_SIZE,
 }
@@ -115,30 +115,39 @@ class SeedLoopback:
     # --- the Channel the driver side delivers to (virtio_msg_lb_transfer) ------------------
 
     def deliver(self, data: bytes) -> None:
-        """One transfer: post the request, wait (bounded) for the response, hand it back."""
+        """One transfer of a driver-side request: post it the seed's way, hand back the answer."""
         with self._transfer:
-            frame = self._prepare(data)
-            with self._cond:
-                self._vmsg = frame
-                self._response = None
-                self._waiting = True
-                self._posted += 1
-                self._cond.notify_all()
-                done = self._cond.wait_for(
-                    lambda: self._completed > 0 or self._closed, self.timeout_s
-                )
-                if self._completed > 0:
-                    self._completed -= 1
-                response, self._response = self._response, None
-                self._vmsg = None
-                self._waiting = False
-            if not done or self._closed and response is None:
-                self.timeouts += 1
-                self.kernel_log.append("misc virtio-msg-lb: Timed out waiting for response")
-                raise TransportError("timeout", "Timed out waiting for response")
-            if response is None:  # a stray response completed this transfer (defect 7)
-                raise TransportError("protocol", "transfer completed by an earlier response")
+            response = self._exchange(self._prepare(data))
         self.bus.receive(response, self)
+
+    def transfer(self, frame: bytes) -> bytes:
+        """Post ``frame`` exactly as given (as the kernel would) and return the response.
+
+        TransportError("timeout") after the kernel timeout, like the seed's -ETIMEDOUT.
+        """
+        with self._transfer:
+            return self._exchange(bytes(frame))
+
+    def _exchange(self, frame: bytes) -> bytes:
+        with self._cond:
+            self._vmsg = frame
+            self._response = None
+            self._waiting = True
+            self._posted += 1
+            self._cond.notify_all()
+            done = self._cond.wait_for(lambda: self._completed > 0 or self._closed, self.timeout_s)
+            if self._completed > 0:
+                self._completed -= 1
+            response, self._response = self._response, None
+            self._vmsg = None
+            self._waiting = False
+        if not done or (self._closed and response is None):
+            self.timeouts += 1
+            self.kernel_log.append("misc virtio-msg-lb: Timed out waiting for response")
+            raise TransportError("timeout", "Timed out waiting for response")
+        if response is None:  # a stray response completed this transfer (defect 7)
+            raise TransportError("protocol", "transfer completed by an earlier response")
+        return response
 
     def _prepare(self, data: bytes) -> bytes:
         """Fill the reused request buffer like the seed's ``msg_prepare`` + field stores."""
@@ -202,6 +211,9 @@ class SeedLoopback:
         if offset > (self.bus.region.size - length) & _MASK64:
             raise OSError(errno.EINVAL, "Invalid argument")
         self.maps.append((length, offset))
+        if offset + length > self.bus.region.size:
+            # The seed maps physical memory past the pool; stand-in: anonymous pages.
+            return mmap.mmap(-1, length)
         return mmap.mmap(
             self.bus.region.fd,
             length,

@@ -1,4 +1,4 @@
-"""The running kernel's device tree (``/sys/firmware/devicetree/base``) and the loopback region in it.
+"""The running kernel's device tree (``/sys/firmware/devicetree/base``) and its loopback region.
 
 Strategy: Linux exports the live tree as a directory per node and a file per
 property holding the property's raw big-endian bytes; :func:`read_live_tree`
@@ -48,7 +48,7 @@ def read_live_tree(root: str | Path = LIVE_TREE) -> DtTree:
         raise ConfigError(f"{top}: no live device tree here (is this a device-tree system?)")
     nodes: dict[str, DtNode] = {}
     phandles: dict[int, str] = {}
-    pending = [(top, "/", None)]
+    pending: list[tuple[Path, str, str | None]] = [(top, "/", None)]
     while pending:
         directory, path, parent = pending.pop(0)
         if len(nodes) >= _MAX_NODES:

@@ -163,9 +163,7 @@ class Region:
         # Ring indices (avail.idx, used.idx) are published with one aligned
         # 16-bit store: struct.pack_into zero-fills its target before writing,
         # so a peer polling the ring could read a torn 0 in between.
-        self._mv16: memoryview | None = (
-            self._mv[: size & ~1].cast("H") if _LITTLE_ENDIAN else None
-        )
+        self._mv16: memoryview | None = self._mv[: size & ~1].cast("H") if _LITTLE_ENDIAN else None
         self._limit = size
         self._closed = False
 

@@ -30,8 +30,8 @@ import virtio_msg.spec as C
 from virtio_msg.errors import EncodeError, MalformedMessage
 from virtio_msg.wire import rfc1 as R
 from virtio_msg.wire import spec as S
-from virtio_msg.wire.compat import kernel_frame
 from virtio_msg.wire.codec import Buffer, Codec, GenericMessage, Header, Message, Profile
+from virtio_msg.wire.compat import kernel_frame
 
 _U32 = 0xFFFFFFFF
 _U16 = 0xFFFF
