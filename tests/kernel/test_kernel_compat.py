@@ -94,3 +94,14 @@ def test_compat_rule_touches_only_the_two_documented_sizes() -> None:
 def test_kernel_compat_exists_only_for_linux_rfc1() -> None:
     with pytest.raises(ValueError, match="linux-rfc1"):
         WireAdapter("spec", kernel_compat=True)
+
+
+def test_decode_command_kernel_compat(capsys: pytest.CaptureFixture[str]) -> None:
+    from virtio_msg.cli import main
+
+    frame = PROBE_SEQUENCE[7][1].hex()
+    assert main(["decode", "--profile", "linux-rfc1", frame]) == 1
+    assert "num=2 needs 8 bytes" in capsys.readouterr().err
+    assert main(["decode", "--profile", "linux-rfc1", "--kernel-compat", frame]) == 0
+    assert '"features": [0, 3]' in capsys.readouterr().out
+    assert main(["decode", "--kernel-compat", frame]) == 2

@@ -24,6 +24,7 @@ from typing import Any
 from virtio_msg.bus.client import BackendClient, connect
 from virtio_msg.bus.socket import default_socket_path
 from virtio_msg.cli.common import Output, sigterm_as_interrupt, stop_on_signals
+from virtio_msg.cli.kernel import add_kernel_arguments, cmd_backend_kernel
 from virtio_msg.compose.config import DEFAULT_DEVICES, parse_device_specs
 from virtio_msg.compose.vhost import VhostSpec, parse_int
 from virtio_msg.devices.catalog import make_device
@@ -38,7 +39,10 @@ WAIT_SLICE = 0.5
 
 def cmd_backend(args: argparse.Namespace) -> int:
     """Serve built-in devices to a running bus until it goes away or we are interrupted."""
+    if args.kernel:
+        return cmd_backend_kernel(args)
     out = Output(args.json, args.quiet)
+    args.devices = list(args.devices or []) + list(args.device or [])
     try:
         specs = parse_device_specs(args.devices or [f"{n}:{t}" for n, t in DEFAULT_DEVICES])
     except ValueError as exc:
@@ -114,9 +118,11 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     default = default_socket_path()
     p = sub.add_parser(
         "backend",
-        help="serve built-in devices to a running bus over its socket",
+        help="serve built-in devices to a running bus over its socket, or (--kernel) to "
+        "the running kernel's virtio-msg loopback",
         description="Connect to a bus, map its region, ADD the devices and serve them until "
-        "the bus goes away or you interrupt (devices are then REMOVEd).",
+        "the bus goes away or you interrupt (devices are then REMOVEd).  With --kernel, the "
+        "bus is the kernel's: /dev/virtio-msg-lb and /dev/virtio-msg-0 (docs/kernel.md).",
     )
     p.add_argument(
         "--socket",
@@ -129,7 +135,8 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         "devices",
         nargs="*",
         metavar="[N:]TYPE",
-        help="devices to serve, e.g. rng or 5:rng (default: the built-in set of "
+        help="devices to serve, e.g. rng or 5:rng; with --kernel also blk=IMAGE "
+        "(default: the built-in set of "
         f"'virtio-msg run': {' '.join(f'{n}:{t}' for n, t in DEFAULT_DEVICES)})",
     )
     p.add_argument(
@@ -141,6 +148,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     p.add_argument("--quiet", action="store_true", help="print errors only")
+    add_kernel_arguments(p)
     p.set_defaults(func=cmd_backend)
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from virtio_msg.cli.common import add_codec_args
 from virtio_msg.errors import EncodeError, MalformedMessage
-from virtio_msg.wire import Codec, from_json, to_json
+from virtio_msg.wire import Codec, Profile, from_json, to_json
+from virtio_msg.wire.compat import kernel_frame
 
 
 def _codec(args: argparse.Namespace) -> Codec:
@@ -46,10 +47,14 @@ def parse_hex(text: str) -> bytes:
 def cmd_decode(args: argparse.Namespace) -> int:
     """Decode hex messages to JSON lines; exit 1 if any input failed."""
     codec = _codec(args)
+    if args.kernel_compat and codec.profile is not Profile.LINUX_RFC1:
+        raise ValueError("--kernel-compat needs --profile linux-rfc1")
     failed = False
     for item in _hex_inputs(args.hex):
         try:
             data = parse_hex(item)
+            if args.kernel_compat:
+                data = bytes(kernel_frame(data))
             msg = codec.decode(data)
             header = codec.decode_header(data)
         except MalformedMessage as exc:
@@ -88,6 +93,12 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("decode", help="decode raw messages (hex) to JSON lines")
     add_codec_args(p)
     p.add_argument("hex", nargs="+", metavar="HEX", help="hex message(s), or - to read stdin")
+    p.add_argument(
+        "--kernel-compat",
+        action="store_true",
+        help="linux-rfc1 only: accept the seed kernel's wrong msg_size in SET_DRV_FEATURES "
+        "(14) and SET_CONFIG (18), reading the fields past it (docs/kernel.md)",
+    )
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("encode", help="encode JSON lines from stdin to hex")
