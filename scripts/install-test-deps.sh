@@ -3,11 +3,45 @@
 # and the Debian tools some tests drive: the device-tree compiler, QEMU's
 # tools (qemu-img/qemu-io for NBD; qemu-storage-daemon and virtiofsd, from
 # qemu-system-common, as real vhost-user back ends; qemu-system-arm for the
-# `virt` machine's device tree) and DPDK's testpmd (vhost-user net).
+# `virt` machine's device tree and the guest harness's boots) and DPDK's
+# testpmd (vhost-user net). For `virtio-msg guest`, Debian arm64 packages
+# (busybox-static, the Python 3.11 runtime, the stock arm64 kernel) are
+# downloaded into a cache folder (VIRTIO_MSG_ARM64_CACHE, default
+# ~/.cache/virtio-msg/arm64-debs) and the stock kernel's Image is unpacked there.
 set -eu
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+ARM64_PACKAGES="busybox-static python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
+libc6 zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5 libgcc-s1 libcrypt1"
+
+install_arm64_guest() {
+    # Packages for the guest harness's initramfs, downloaded (not installed).
+    cache=${VIRTIO_MSG_ARM64_CACHE:-$HOME/.cache/virtio-msg/arm64-debs}
+    mkdir -p "$cache"
+    echo "install-test-deps: adding the arm64 architecture to apt"
+    $SUDO dpkg --add-architecture arm64
+    $SUDO apt-get update -qq
+    for p in $ARM64_PACKAGES; do
+        if ! ls "$cache/${p}_"*_arm64.deb >/dev/null 2>&1; then
+            echo "install-test-deps: downloading $p:arm64 into $cache"
+            (cd "$cache" && apt-get download -qq "$p:arm64" 2>/dev/null)
+        fi
+    done
+    kpkg=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    kpkg=${kpkg%:arm64}
+    if ! ls "$cache/${kpkg}_"*_arm64.deb >/dev/null 2>&1; then
+        echo "install-test-deps: downloading the stock arm64 kernel $kpkg into $cache"
+        (cd "$cache" && apt-get download -qq "$kpkg:arm64" 2>/dev/null)
+    fi
+    if [ ! -s "$cache/stock-kernel/Image" ]; then
+        echo "install-test-deps: unpacking $kpkg's Image into $cache/stock-kernel"
+        mkdir -p "$cache/stock-kernel"
+        dpkg-deb --fsys-tarfile "$cache/${kpkg}_"*_arm64.deb | tar -x -O --wildcards './boot/vmlinuz-*' \
+            > "$cache/stock-kernel/Image"
+    fi
+}
 
 install_testpmd() {
     # dpdk-dev from apt pulls 166 packages; extract just the package and
@@ -36,7 +70,8 @@ install_testpmd() {
 if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        device-tree-compiler qemu-system-arm qemu-system-common qemu-utils >/dev/null
+        device-tree-compiler qemu-system-arm qemu-system-common qemu-utils cpio >/dev/null
+    install_arm64_guest
     # testpmd is optional: its tests skip, naming the binary, when it is missing.
     install_testpmd || echo "warning: DPDK testpmd not installed; its tests will skip" >&2
 fi

@@ -35,6 +35,7 @@ LAYERS = {
     "compose": 8,
     "streams": 8,
     "testing": 8,
+    "guest": 8,
     "cli": 9,
 }
 TOP = 9

@@ -3,9 +3,10 @@
 Each command lives in the module named after it -- :mod:`~virtio_msg.cli.run`
 (the main job), :mod:`~virtio_msg.cli.bus`, :mod:`~virtio_msg.cli.backend`
 (also ``backend vhost-user``), :mod:`~virtio_msg.cli.nbd`,
-:mod:`~virtio_msg.cli.console`, :mod:`~virtio_msg.cli.codec` (``decode`` and
-``encode``) and :mod:`~virtio_msg.cli.dt` -- and registers its parser with an
-``add_parser`` function whose handler returns the exit status.  The work
+:mod:`~virtio_msg.cli.console`, :mod:`~virtio_msg.cli.guest`,
+:mod:`~virtio_msg.cli.codec` (``decode`` and ``encode``) and
+:mod:`~virtio_msg.cli.dt` -- and registers its parser with an ``add_parser``
+function whose handler returns the exit status.  The work
 behind the commands is :mod:`virtio_msg.compose` and the layers below.
 :func:`main` never lets a traceback reach the user for bad input: errors are
 one line on stderr starting with ``error:`` (exit 2 for bad arguments and
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand."""
-    from virtio_msg.cli import backend, bus, codec, console, dt, nbd, run
+    from virtio_msg.cli import backend, bus, codec, console, dt, guest, nbd, run
 
     parser = argparse.ArgumentParser(
         prog="virtio-msg",
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     bus.add_parser(sub)
     backend.add_parser(sub)
     nbd.add_parser(sub)
+    guest.add_parser(sub)
     codec.add_parsers(sub)
     return parser
 

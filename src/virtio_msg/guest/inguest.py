@@ -1,0 +1,253 @@
+"""The checks the guest runs with the kernel's own drivers (executed inside the booted guest).
+
+``python3 -m virtio_msg.guest.inguest rng,blk,console,i2c`` is started by the
+initramfs' ``/init``.  It starts ``virtio-msg backend --kernel`` on the seed's
+device files, waits (bounded) for each device's kernel driver to bind, then
+exercises it the way a user would: ``/dev/hwrng`` is read, ``/dev/vda`` is
+written and read back past the page cache, ``/dev/hvc0`` is round-tripped
+through the backend's console stream, and a ds1307 is instantiated on the
+virtio I2C adapter and read with ``hwclock``.  Every verdict is printed on the
+console as one ``VMSG-CHECK {json}`` line; ``VMSG-END`` closes the list.  A
+missing kernel feature is a failed check naming the ``CONFIG_`` option.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+LB = Path("/dev/virtio-msg-lb")
+WAIT_S = 60.0
+DRIVERS = {
+    "rng": ("virtio_rng", "CONFIG_HW_RANDOM_VIRTIO"),
+    "blk": ("virtio_blk", "CONFIG_VIRTIO_BLK"),
+    "console": ("virtio_console", "CONFIG_VIRTIO_CONSOLE"),
+    "i2c": ("i2c_virtio", "CONFIG_I2C_VIRTIO"),
+}
+LB_OPTIONS = (
+    "CONFIG_VIRTIO_MSG_LOOPBACK (with CONFIG_VIRTIO_MSG, CONFIG_VIRTIO_MSG_USER, "
+    "CONFIG_DMA_RESTRICTED_POOL, CONFIG_OF_RESERVED_MEM)"
+)
+
+
+def emit(name: str, ok: bool, detail: str) -> None:
+    """Print one verdict line on the console."""
+    line = json.dumps({"name": name, "ok": ok, "detail": detail})
+    sys.stdout.write(f"\nVMSG-CHECK {line}\n")
+    sys.stdout.flush()
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = WAIT_S) -> bool:
+    """Poll ``pred`` until it holds or ``timeout`` seconds pass."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return pred()
+
+
+def bounded(fn: Callable[[], str], timeout: float) -> str:
+    """Run ``fn`` in a thread; its result, or raise TimeoutError after ``timeout``."""
+    box: list[str | BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:
+            box.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if not box:
+        raise TimeoutError(f"no answer in {timeout:.0f} s")
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+class Backend:
+    """``virtio-msg backend --kernel`` in a child process, its output collected."""
+
+    def __init__(self, devices: list[str]) -> None:
+        cmd = [sys.executable, "-m", "virtio_msg", "backend", "--kernel", *devices]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.output = bytearray()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := os.read(self.proc.stdout.fileno(), 4096):
+            self.output += chunk
+
+    def tail(self) -> str:
+        """The last lines the backend printed."""
+        return bytes(self.output[-400:]).decode(errors="replace").strip()
+
+    def stop(self) -> int | None:
+        """SIGTERM, bounded wait; the exit status (None if it had to be killed)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                return None
+        return self.proc.returncode
+
+
+def driver_present(kind: str) -> bool:
+    """Whether the kernel has the device type's virtio driver."""
+    return Path("/sys/bus/virtio/drivers", DRIVERS[kind][0]).is_dir()
+
+
+def check_rng() -> str:
+    """Read 256 bytes from /dev/hwrng."""
+    cur = Path("/sys/class/misc/hw_random/rng_current")
+    if not wait_for(lambda: cur.exists() and "virtio" in cur.read_text()):
+        raise RuntimeError("no virtio hwrng became current")
+
+    def read() -> str:
+        with open("/dev/hwrng", "rb", buffering=0) as f:
+            data = f.read(256)
+        if len(data) != 256 or data == bytes(256):
+            raise RuntimeError(f"read {len(data)} bytes, all zero: {data == bytes(len(data))}")
+        return f"256 bytes from {cur.read_text().strip()}"
+
+    return bounded(read, 30)
+
+
+def check_blk() -> str:
+    """Write a pattern through /dev/vda, drop the page cache, read it back."""
+    if not wait_for(lambda: Path("/dev/vda").exists()):
+        raise RuntimeError("no /dev/vda after the blk device was added")
+
+    def rw() -> str:
+        pattern = os.urandom(64 * 1024)
+        fd = os.open("/dev/vda", os.O_RDWR)
+        try:
+            os.pwrite(fd, pattern, 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        fd = os.open("/dev/vda", os.O_RDONLY)
+        try:
+            back = os.pread(fd, len(pattern), 4096)
+        finally:
+            os.close(fd)
+        if back != pattern:
+            raise RuntimeError("data read back differs from what was written")
+        return "64 KiB written at 4096 and read back after drop_caches"
+
+    return bounded(rw, 60)
+
+
+def check_console(backend: Backend) -> str:
+    """A line written to /dev/hvc0 reaches the backend; a line fed to it comes back."""
+    if not wait_for(lambda: Path("/dev/hvc0").exists()):
+        raise RuntimeError("no /dev/hvc0 after the console device was added")
+    fd = os.open("/dev/hvc0", os.O_RDWR | os.O_NOCTTY)
+    try:
+        attrs = termios.tcgetattr(fd)
+        attrs[3] &= ~(termios.ECHO | termios.ICANON)
+        attrs[1] &= ~termios.OPOST
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        token = b"vmsg-out-" + os.urandom(4).hex().encode()
+        os.write(fd, token + b"\n")
+        if not wait_for(lambda: token in backend.output, 20):
+            raise RuntimeError("the line written to /dev/hvc0 did not reach the backend")
+        assert backend.proc.stdin is not None
+        back = b"vmsg-in-" + os.urandom(4).hex().encode()
+        backend.proc.stdin.write(back + b"\n")
+        backend.proc.stdin.flush()
+        got = bytearray()
+
+        def read() -> str:
+            while back not in got:
+                got.extend(os.read(fd, 256))
+            return "round trip through /dev/hvc0 and the backend's console stream"
+
+        return bounded(read, 20)
+    finally:
+        os.close(fd)
+
+
+def check_i2c() -> str:
+    """Instantiate ds1307 at 0x68 on the virtio I2C adapter and read the clock with hwclock."""
+
+    def adapter() -> Path | None:
+        for dev in Path("/sys/bus/i2c/devices").glob("i2c-*"):
+            if "virtio" in (dev / "name").read_text().lower():
+                return dev
+        return None
+
+    if not wait_for(lambda: adapter() is not None):
+        raise RuntimeError("no virtio I2C adapter appeared")
+    bus = adapter()
+    assert bus is not None
+    before = set(Path("/dev").glob("rtc*"))
+    (bus / "new_device").write_text("ds1307 0x68\n")
+    if not wait_for(lambda: bool(set(Path("/dev").glob("rtc*")) - before), 20):
+        raise RuntimeError("ds1307 did not register an RTC (CONFIG_RTC_DRV_DS1307?)")
+    rtc = sorted(set(Path("/dev").glob("rtc*")) - before)[0]
+    out = subprocess.run(
+        ["hwclock", "-r", "-f", str(rtc)], capture_output=True, text=True, timeout=30, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"hwclock -r -f {rtc} failed: {out.stderr.strip()}")
+    return f"{bus.name}: hwclock {rtc}: {out.stdout.strip()}"
+
+
+def main(argv: list[str]) -> int:
+    """Run the checks for the comma-separated device list in ``argv[0]``."""
+    kinds = [k for k in (argv[0] if argv else "rng,blk,console,i2c").split(",") if k]
+    emit("boot", True, f"init reached, kernel {os.uname().release}")
+    if not LB.exists():
+        emit("loopback", False, f"no {LB}: the kernel lacks {LB_OPTIONS}")
+        for kind in kinds:
+            emit(kind, False, f"not run: no {LB}")
+        return 1
+    emit("loopback", True, f"{LB} present")
+    missing = [k for k in kinds if not driver_present(k)]
+    for kind in missing:
+        emit(kind, False, f"the kernel has no {DRIVERS[kind][0]} driver: enable {DRIVERS[kind][1]}")
+    run = [k for k in kinds if k not in missing]
+    backend = Backend([f"{n}:{k}" for n, k in enumerate(kinds) if k in run])
+    checks: dict[str, Callable[[], str]] = {
+        "rng": check_rng,
+        "blk": check_blk,
+        "console": lambda: check_console(backend),
+        "i2c": check_i2c,
+    }
+    failed = bool(missing)
+    for kind in run:
+        if backend.proc.poll() is not None:
+            emit(kind, False, f"backend exited ({backend.proc.returncode}): {backend.tail()}")
+            failed = True
+            continue
+        try:
+            emit(kind, True, checks[kind]())
+        except Exception as exc:
+            emit(kind, False, f"{exc} [backend: {backend.tail()[-200:]}]")
+            failed = True
+    status = backend.stop()
+    emit("backend-exit", status == 0, f"backend exit status {status} after SIGTERM")
+    return 1 if failed or status != 0 else 0
+
+
+if __name__ == "__main__":
+    rc = main(sys.argv[1:])
+    print("\nVMSG-END", flush=True)
+    sys.exit(rc)

@@ -1,0 +1,147 @@
+"""The guest harness's device tree, initramfs and console parsing (no boot)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import fdt  # type: ignore[import-untyped]
+import pytest
+
+from virtio_msg.dt.loader import analyze
+from virtio_msg.dt.tree import read_tree
+from virtio_msg.guest import GuestSetupError
+from virtio_msg.guest.boot import Check, GuestReport, parse_console, parse_devices
+from virtio_msg.guest.dtb import MachineOptions, add_loopback, build_guest_dtb
+from virtio_msg.guest.initramfs import (
+    ARM64_PACKAGES,
+    build_initramfs,
+    cache_dir,
+    find_debs,
+    write_cpio,
+)
+
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-system-aarch64") is None,
+    reason="qemu-system-aarch64 missing (scripts/install-test-deps.sh installs qemu-system-arm)",
+)
+
+
+@needs_qemu
+def test_guest_dtb_is_qemu_virt_plus_vmsglb_pool_and_binding_node(tmp_path: Path) -> None:
+    machine = MachineOptions()
+    dtb = build_guest_dtb(machine)
+    path = tmp_path / "guest.dtb"
+    path.write_bytes(dtb)
+    configs, problems = analyze(read_tree(path))
+    assert not [p for p in problems if p.is_error]
+    assert len(configs) == 1
+    config = configs[0]
+    assert config.profile == "linux-rfc1"
+    base = machine.pool_base()
+    assert (config.base, config.size) == (base, 4 << 20)
+    assert config.pool_path == f"/reserved-memory/vmsglb@{base:x}" and not config.legacy
+    tree = fdt.parse_dtb(dtb)
+    pool = tree.get_node(f"/reserved-memory/vmsglb@{base:x}")
+    assert pool.get_property("compatible").value == "restricted-dma-pool"
+    # QEMU's own nodes are kept, and the pool lies inside the guest's RAM.
+    mem = tree.get_node("/memory@40000000").get_property("reg").data
+    ram_base, ram_size = (mem[0] << 32) | mem[1], (mem[2] << 32) | mem[3]
+    assert ram_base <= base and base + (4 << 20) <= ram_base + ram_size
+    assert tree.exist_node("/pl011@9000000")
+
+
+def test_add_loopback_refuses_an_unaligned_pool() -> None:
+    empty = fdt.FDT()
+    with pytest.raises(GuestSetupError, match="page aligned"):
+        add_loopback(empty.to_dtb(version=17), 0x4000_0800)
+
+
+def test_pool_base_needs_enough_guest_ram() -> None:
+    assert MachineOptions(memory_mib=4096).pool_base() == 0x1_0000_0000
+    with pytest.raises(GuestSetupError, match="below the pool"):
+        MachineOptions(memory_mib=1024).pool_base()
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio missing (install-test-deps.sh)")
+def test_newc_cpio_round_trips_through_cpio(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "f.txt").write_bytes(b"hello" * 3)
+    (root / "x").write_bytes(b"")
+    (root / "x").chmod(0o755)
+    (root / "link").symlink_to("d/f.txt")
+    archive = tmp_path / "a.cpio.gz"
+    assert write_cpio(root, archive) == 6
+    out = tmp_path / "out"
+    out.mkdir()
+    data = subprocess.run(["gzip", "-dc", str(archive)], capture_output=True, check=True).stdout
+    subprocess.run(["cpio", "-idm", "--quiet"], input=data, cwd=out, check=True)
+    assert (out / "d" / "f.txt").read_bytes() == b"hello" * 3
+    assert (out / "x").stat().st_mode & 0o777 == 0o755
+    assert (out / "link").is_symlink() and str((out / "link").readlink()) == "d/f.txt"
+    assert (out / "d" / "e").is_dir()
+
+
+def test_missing_arm64_packages_are_named(tmp_path: Path) -> None:
+    (tmp_path / "libc6_2.36_arm64.deb").write_bytes(b"")
+    with pytest.raises(GuestSetupError, match=r"busybox-static.*install-test-deps"):
+        find_debs(tmp_path)
+
+
+@pytest.mark.skipif(
+    not all(any(cache_dir().glob(f"{p}_*_arm64.deb")) for p in ARM64_PACKAGES),
+    reason="arm64 packages not downloaded (scripts/install-test-deps.sh)",
+)
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio missing (install-test-deps.sh)")
+def test_initramfs_holds_busybox_python_the_project_and_init(tmp_path: Path) -> None:
+    archive = tmp_path / "initramfs.cpio.gz"
+    build_initramfs(archive, ["rng", "i2c"])
+    data = subprocess.run(["gzip", "-dc", str(archive)], capture_output=True, check=True).stdout
+    names = set(
+        subprocess.run(["cpio", "-it", "--quiet"], input=data, capture_output=True, check=True)
+        .stdout.decode()
+        .split()
+    )
+    site = "usr/lib/python3/dist-packages"
+    for name in (
+        "init",
+        "bin/busybox",
+        "usr/bin/python3.11",
+        "lib/ld-linux-aarch64.so.1",
+        f"{site}/virtio_msg/guest/inguest.py",
+        f"{site}/fdt/__init__.py",
+        f"{site}/rich/__init__.py",
+    ):
+        assert name in names, name
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet", "init"], input=data, cwd=out, check=True)
+    init = (out / "init").read_text()
+    assert init.startswith("#!/bin/busybox sh")
+    assert "-m virtio_msg.guest.inguest rng,i2c" in init
+
+
+def test_console_verdicts_survive_interleaved_kernel_messages() -> None:
+    text = (
+        "[    1.0] Run /init as init process\nVMSG-BOOT 6.12.0\n"
+        'VMSG-CHECK {"name": "boot", "ok": true, "detail": "init"}\n'
+        "[    2.0] virtio_msg_lb: probe\r\n"
+        'VMSG-CHECK {"name": "rng", "ok": false, "detail": "x"}\r\n'
+        'VMSG-CHECK {not json}\nVMSG-CHECK {"name": 1}\nVMSG-END\n'
+    )
+    checks = parse_console(text)
+    assert checks == [Check("boot", True, "init"), Check("rng", False, "x")]
+    report = GuestReport("Image", checks)
+    assert not report.ok
+    assert report.to_json()["checks"] == [c.to_json() for c in checks]
+    assert not GuestReport("Image", []).ok
+
+
+def test_device_lists_are_validated() -> None:
+    assert parse_devices("rng, blk") == ["rng", "blk"]
+    with pytest.raises(ValueError, match="unknown device 'net'"):
+        parse_devices("rng,net")
+    with pytest.raises(ValueError, match="repeats"):
+        parse_devices("rng,rng")
