@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import struct
 from pathlib import Path
 
+import fdt  # type: ignore[import-untyped]
 import pytest
 from dt_helpers import WriteDts, dts_writer, need_dtc
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +14,14 @@ from hypothesis import strategies as st
 
 from virtio_msg.dt import DeviceTreeError, default_tree_path, load_tree
 from virtio_msg.dt.loader import analyze
-from virtio_msg.dt.tree import MAX_TREE_BYTES, parse_dtb, prop_strings, prop_u32s, read_tree
+from virtio_msg.dt.tree import (
+    MAX_TREE_BYTES,
+    parse_dtb,
+    parse_fdt,
+    prop_strings,
+    prop_u32s,
+    read_tree,
+)
 
 
 @pytest.fixture
@@ -125,8 +135,6 @@ def test_dtc_warnings_are_kept_as_warnings(write_dts: WriteDts) -> None:
 
 def test_duplicate_phandles_are_refused(tmp_path: Path) -> None:
     # dtc refuses this itself, so the DTB is built with the fdt package.
-    import fdt  # type: ignore[import-untyped]
-
     text = (
         "/dts-v1/;\n/ {\n    a {\n        phandle = <7>;\n    };\n"
         "    b {\n        phandle = <7>;\n    };\n};\n"
@@ -166,3 +174,28 @@ def test_mutated_dtb_never_crashes(edits: list[tuple[int, int]], cut: int) -> No
     assert all(p.node.startswith("/") for p in problems)
     if not any(p.is_error for p in problems):
         assert configs
+
+
+def _rsvmap_at_struct(dtb: bytes) -> bytes:
+    """``dtb`` with its header's reservation-map offset pointing at the structure block."""
+    off_struct = struct.unpack_from(">I", dtb, 8)[0]
+    return dtb[:16] + struct.pack(">I", off_struct) + dtb[20:]
+
+
+def test_a_malformed_blob_leaves_no_memreserve_in_later_trees() -> None:
+    # fdt 0.3.3 shares one memreserve list between all trees; a blob whose
+    # reservation map is really its structure block filled it with garbage.
+    bad = _rsvmap_at_struct(DEFAULT_DTB)
+    with contextlib.suppress(Exception):
+        fdt.parse_dtb(bad)  # the library itself, as any other caller may use it
+    with pytest.raises(Exception):  # noqa: B017 - fdt raises bare Exception
+        parse_fdt(bad[:64])
+    off = struct.unpack_from(">I", DEFAULT_DTB, 16)[0]
+    assert struct.unpack_from(">QQ", DEFAULT_DTB, off) == (0, 0)
+    assert parse_fdt(DEFAULT_DTB).entries == []
+    # A blob with a reservation keeps exactly that one, and the next tree none.
+    tree = fdt.FDT(entries=[{"address": 0x4800_0000, "size": 0x1000}])
+    tree.root = parse_fdt(DEFAULT_DTB).root
+    reserved = parse_fdt(tree.to_dtb(version=17))
+    assert reserved.entries == [{"address": 0x4800_0000, "size": 0x1000}]
+    assert parse_fdt(DEFAULT_DTB).entries == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,6 +57,17 @@ def test_add_loopback_refuses_an_unaligned_pool() -> None:
     empty = fdt.FDT()
     with pytest.raises(GuestSetupError, match="page aligned"):
         add_loopback(empty.to_dtb(version=17), 0x4000_0800)
+
+
+def test_guest_tree_has_no_memreserve_left_by_an_earlier_malformed_blob() -> None:
+    base = fdt.FDT(entries=[]).to_dtb(version=17)
+    bad = bytearray(base)
+    bad[16:20] = bad[8:12]  # reservation map offset -> the structure block
+    with contextlib.suppress(Exception):
+        fdt.parse_dtb(bytes(bad))  # leaves garbage in fdt's shared memreserve list
+    out = add_loopback(base, 0x1_0000_0000)
+    rsvmap = int.from_bytes(out[16:20], "big")
+    assert out[rsvmap : rsvmap + 16] == bytes(16)  # no /memreserve/: all of RAM stays usable
 
 
 def test_pool_base_needs_enough_guest_ram() -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "compile_dts",
     "detect_format",
     "parse_dtb",
+    "parse_fdt",
     "prop_strings",
     "prop_u32s",
     "read_tree",
@@ -276,6 +277,29 @@ def _dtc_diagnostics(stderr: str) -> list[Problem]:
     return problems
 
 
+def parse_fdt(data: bytes) -> Any:
+    """``fdt.parse_dtb(data)``, its ``/memreserve/`` list this blob's own.
+
+    ``fdt`` 0.3.3 gives every ``FDT()`` the same default ``entries`` list, so each
+    parse appends its memory reservations to one list shared by every tree parsed
+    in the process: after a malformed blob (whose header points the reservation
+    block into the structure block) every later tree, written back with
+    ``to_dtb``, carries garbage ``/memreserve/`` entries, one of which can reserve
+    all of RAM.  The shared list is emptied before and after the parse, and the
+    tree gets a copy of what this blob holds.  Exceptions are ``fdt``'s own.
+    """
+    import fdt  # type: ignore[import-untyped]
+
+    shared = fdt.FDT().entries  # the default list (a fresh one once fdt is fixed)
+    shared.clear()
+    try:
+        parsed = fdt.parse_dtb(data)
+        parsed.entries = list(parsed.entries)
+        return parsed
+    finally:
+        shared.clear()
+
+
 def parse_dtb(
     data: bytes,
     *,
@@ -288,7 +312,7 @@ def parse_dtb(
     Raise :class:`DeviceTreeError` when the bytes are not a well-formed DTB.
     """
     try:
-        import fdt  # type: ignore[import-untyped]
+        import fdt  # noqa: F401 - availability check
     except ImportError:  # pragma: no cover - fdt is a runtime dependency
         raise DeviceTreeError(
             source,
@@ -314,7 +338,7 @@ def parse_dtb(
             ],
         )
     try:
-        parsed = fdt.parse_dtb(bytes(data))
+        parsed = parse_fdt(bytes(data))
         root = parsed.root
         if root is None:
             raise ValueError("the structure block holds no root node")

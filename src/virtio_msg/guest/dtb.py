@@ -19,6 +19,7 @@ from pathlib import Path
 import fdt  # type: ignore[import-untyped]
 
 from virtio_msg.dt.loader import load_tree
+from virtio_msg.dt.tree import parse_fdt
 
 VIRT_RAM_BASE = 0x4000_0000
 """Where RAM starts on QEMU's ``virt`` machine."""
@@ -109,7 +110,7 @@ def add_loopback(
     """``base_dtb`` with the ``vmsglb`` restricted-dma-pool and a binding node pointing at it."""
     if pool_base % 4096 or pool_size % 4096 or pool_size <= 0:
         raise GuestSetupError("the pool's base and size must be page aligned (4 KiB)")
-    tree = fdt.parse_dtb(base_dtb)
+    tree = parse_fdt(base_dtb)
     phandle = _next_phandle(tree)
     if not tree.exist_node("/reserved-memory"):
         rm = fdt.Node("reserved-memory")
