@@ -140,6 +140,7 @@ def _boot(cmd: list[str], timeout: float, log: Path) -> tuple[str, bool]:
             while chunk := os.read(proc.stdout.fileno(), 4096):
                 out.extend(chunk)
                 sink.write(chunk)
+                sink.flush()  # the log shows how far a guest that hangs got
                 if b"VMSG-END" in out:
                     done.set()
             done.set()
