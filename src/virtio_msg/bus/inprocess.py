@@ -1,7 +1,9 @@
 """The in-process channel: the backend object is attached to the bus directly.
 
 No threads, no copies beyond the wire encoding: :meth:`deliver` calls the
-backend, and the backend's port calls :meth:`LoopbackBus.receive`.  A backend
+backend, and the backend's port calls :meth:`LoopbackBus.receive`.  When the
+bus has a capture (:attr:`LoopbackBus.capture`), both directions are
+recorded before they are handed on.  A backend
 that answers synchronously completes each request before ``deliver`` returns,
 which makes every test deterministic; a backend may also answer later from
 another thread (the bus waits, bounded by its timeout).
@@ -10,6 +12,7 @@ another thread (the bus waits, bounded by its timeout).
 from __future__ import annotations
 
 from virtio_msg.bus.backend import Backend
+from virtio_msg.bus.capture import ChannelKind, ChannelTap
 from virtio_msg.bus.loopback import LoopbackBus
 
 
@@ -21,6 +24,13 @@ class InProcessChannel:
         self.bus = bus
         self.backend = backend
         self.connected = True
+        capture = bus.capture
+        self.tap: ChannelTap | None = (
+            capture.tap(ChannelKind.IN_PROCESS, bus.params.profile, bus.params.max_size)
+            if capture is not None
+            else None
+        )
+        """Where this channel records its messages (None: capture is off)."""
         bus.attach(self)
         backend.attach(self)
 
@@ -28,6 +38,8 @@ class InProcessChannel:
     def deliver(self, data: bytes) -> None:
         """Hand a message to the backend."""
         if self.connected:
+            if self.tap is not None:
+                self.tap.down(data)
             self.backend.deliver(data)
 
     def close(self) -> None:
@@ -40,6 +52,8 @@ class InProcessChannel:
     def send(self, data: bytes) -> None:
         """Hand a response or event to the bus."""
         if self.connected:
+            if self.tap is not None:
+                self.tap.up(data)
             self.bus.receive(data, self)
 
     def add(self, dev_num: int) -> None:

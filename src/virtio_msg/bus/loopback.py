@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import virtio_msg.spec as C
+from virtio_msg.bus.capture import BusCapture
 from virtio_msg.drivers import DRIVERS, Driver
 from virtio_msg.errors import (
     BusError,
@@ -164,6 +165,8 @@ class LoopbackBus:
         self.on_added: list[Callable[[DeviceEntry], None]] = []
         self.on_removed: list[Callable[[DeviceEntry], None]] = []
         self.closed = False
+        self.capture: BusCapture | None = None
+        """Records every message of the channels attached after it is set (None: off)."""
 
     def __repr__(self) -> str:
         """Name, profile and region."""
