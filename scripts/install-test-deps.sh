@@ -72,6 +72,13 @@ if command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         device-tree-compiler qemu-system-arm qemu-system-common qemu-utils cpio >/dev/null
     install_arm64_guest
+    # tshark reads the captures with the shipped Lua dissector; answer its debconf
+    # question (setuid dumpcap) beforehand so the install never prompts.
+    echo "installing tshark (Wireshark's terminal reader, for the capture tests)"
+    echo "wireshark-common wireshark-common/install-setuid boolean false" \
+        | $SUDO debconf-set-selections
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        tshark >/dev/null
     # testpmd is optional: its tests skip, naming the binary, when it is missing.
     install_testpmd || echo "warning: DPDK testpmd not installed; its tests will skip" >&2
 fi

@@ -33,6 +33,7 @@ LAYERS = {
     "dt": 7,
     "exports": 7,
     "compose": 8,
+    "capture": 8,
     "streams": 8,
     "testing": 8,
     "guest": 8,

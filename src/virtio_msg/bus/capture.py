@@ -330,7 +330,10 @@ class ChannelTap:
     __slots__ = ("_down", "_record", "_up")
 
     def __init__(
-        self, record: Callable[[bytes, bytes | bytearray | memoryview], None], down: bytes, up: bytes
+        self,
+        record: Callable[[bytes, bytes | bytearray | memoryview], None],
+        down: bytes,
+        up: bytes,
     ) -> None:
         """Bind the writer's record function and the two pseudo-headers."""
         self._record = record

@@ -154,7 +154,9 @@ def read_capture(path: str | Path) -> Iterator[Frame | MalformedMessage]:
             try:
                 item = next(packets, None)
             except (ValueError, struct.error, dpkt.Error) as exc:
-                raise CaptureError(f"{path}: truncated or damaged after frame {number}: {exc}")
+                raise CaptureError(
+                    f"{path}: truncated or damaged after frame {number}: {exc}"
+                ) from None
             if item is None:
                 return
             number += 1

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand."""
-    from virtio_msg.cli import backend, bus, codec, console, dt, guest, nbd, run
+    from virtio_msg.cli import backend, bus, capture, codec, console, dt, guest, nbd, run
 
     parser = argparse.ArgumentParser(
         prog="virtio-msg",
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     nbd.add_parser(sub)
     guest.add_parser(sub)
     codec.add_parsers(sub)
+    capture.add_parsers(sub)
     return parser
 
 

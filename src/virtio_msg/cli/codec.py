@@ -46,6 +46,14 @@ def parse_hex(text: str) -> bytes:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     """Decode hex messages to JSON lines; exit 1 if any input failed."""
+    if args.pcap:
+        from virtio_msg.cli.capture import decode_pcap
+
+        if args.hex:
+            raise ValueError("give hex messages or --pcap FILE, not both")
+        return decode_pcap(args.pcap)
+    if not args.hex:
+        raise ValueError("decode needs hex messages, - for stdin, or --pcap FILE")
     codec = _codec(args)
     if args.kernel_compat and codec.profile is not Profile.LINUX_RFC1:
         raise ValueError("--kernel-compat needs --profile linux-rfc1")
@@ -92,12 +100,18 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     """Register ``decode`` and ``encode``."""
     p = sub.add_parser("decode", help="decode raw messages (hex) to JSON lines")
     add_codec_args(p)
-    p.add_argument("hex", nargs="+", metavar="HEX", help="hex message(s), or - to read stdin")
+    p.add_argument("hex", nargs="*", metavar="HEX", help="hex message(s), or - to read stdin")
     p.add_argument(
         "--kernel-compat",
         action="store_true",
         help="linux-rfc1 only: accept the seed kernel's wrong msg_size in SET_DRV_FEATURES "
         "(14) and SET_CONFIG (18), reading the fields past it (docs/kernel.md)",
+    )
+    p.add_argument(
+        "--pcap",
+        metavar="FILE",
+        help="decode every frame of a capture (--capture) instead: the same JSON lines plus "
+        "frame, time, direction and channel",
     )
     p.set_defaults(func=cmd_decode)
 

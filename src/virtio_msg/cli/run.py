@@ -14,6 +14,7 @@ import dataclasses
 import json
 from typing import Any
 
+from virtio_msg.cli.capture_args import add_capture_args, close_capture, open_capture
 from virtio_msg.cli.common import add_bus_args
 
 
@@ -83,9 +84,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.socket:
         from virtio_msg.compose.socket import run_over_socket
 
+        if args.capture:
+            raise ValueError("--capture is not available with run --socket yet (use bus --capture)")
         report = run_over_socket(configs)
     else:
-        report = run_loopback(configs)
+        capture = open_capture(args)
+        try:
+            report = run_loopback(configs, capture)
+        finally:
+            close_capture(capture)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -107,6 +114,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         "channel (same report)",
     )
     add_vhost_run_arguments(p)
+    add_capture_args(p)
     p.set_defaults(func=cmd_run)
 
 

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from virtio_msg.bus import LoopbackBus, loopback_pair
+from virtio_msg.bus.capture import BusCapture, CaptureWriter
 from virtio_msg.compose.config import RunConfig
 from virtio_msg.compose.report import bus_report, combine
 from virtio_msg.compose.vhost import run_vhost_devices
@@ -24,9 +25,16 @@ from virtio_msg.spec import feature_names
 log = logging.getLogger(__name__)
 
 
-def run_one(config: RunConfig) -> dict[str, Any]:
-    """Run one bus instance in this process and return its report."""
+def run_one(
+    config: RunConfig, capture: CaptureWriter | None = None, index: int = 0
+) -> dict[str, Any]:
+    """Run one bus instance in this process and return its report.
+
+    With ``capture``, every message of the bus is recorded as bus instance ``index``.
+    """
     bus = LoopbackBus(config.params, size=config.size, base=config.base, name=config.name)
+    if capture is not None:
+        bus.capture = BusCapture(capture, index)
     results: list[dict[str, Any]] = []
     bus, backend, _channel = loopback_pair(bus)
     try:
@@ -67,9 +75,11 @@ def run_one(config: RunConfig) -> dict[str, Any]:
             served.model.close()
 
 
-def run_loopback(configs: list[RunConfig]) -> dict[str, Any]:
+def run_loopback(
+    configs: list[RunConfig], capture: CaptureWriter | None = None
+) -> dict[str, Any]:
     """Run every bus instance; the report says per device whether it worked."""
-    return combine([run_one(c) for c in configs])
+    return combine([run_one(c, capture, i) for i, c in enumerate(configs)])
 
 
 __all__ = ["run_loopback", "run_one"]
