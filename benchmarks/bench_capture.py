@@ -1,0 +1,90 @@
+"""Cost of capture on the bus path: in-process round trips with and without ``--capture``.
+
+Run: ``python benchmarks/bench_capture.py [--requests N] [--rounds R] [--json]``
+
+Two buses with an rng device each, one recording to a pcapng file in a
+temporary folder, one not; GET_DEVICE_STATUS round trips alternate between
+them in R rounds of N requests, so both see the same machine load.  The
+figure is the median time per round trip with capture, next to the same
+without capture (the baseline) as a ratio.  Each round trip records two
+frames (request and response); the writer thread's work is included, since
+it runs while the requests do.  ``--json`` prints one object per figure:
+``{"name", "value", "unit", "baseline", "ratio", "target", "met"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from virtio_msg.bus import LoopbackBus, loopback_pair
+from virtio_msg.bus.capture import BusCapture, CaptureWriter
+from virtio_msg.devices import RngDevice
+from virtio_msg.transport import BusParams
+from virtio_msg.transport.driver import DriverTransport
+
+
+def make(capture: CaptureWriter | None) -> tuple[LoopbackBus, DriverTransport]:
+    bus = LoopbackBus(BusParams(), size=1 << 20)
+    if capture is not None:
+        bus.capture = BusCapture(capture)
+    bus, backend, _channel = loopback_pair(bus)
+    backend.serve(0, RngDevice())
+    entry = bus.device(0)
+    assert entry is not None and entry.error is None
+    return bus, entry.transport
+
+
+def per_request(transport: DriverTransport, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        transport.get_status()
+    return (time.perf_counter() - t0) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = CaptureWriter(Path(tmp) / "bench.pcapng")
+        plain_bus, plain = make(None)
+        cap_bus, captured = make(writer)
+        per_request(plain, 1000)
+        per_request(captured, 1000)
+        base, with_cap = [], []
+        for _ in range(args.rounds):
+            base.append(per_request(plain, args.requests))
+            with_cap.append(per_request(captured, args.requests))
+        plain_bus.close()
+        cap_bus.close()
+        writer.close()
+    b, c = statistics.median(base), statistics.median(with_cap)
+    figure = {
+        "name": "bus round trip with capture",
+        "value": round(c * 1e6, 2),
+        "unit": "us/request",
+        "baseline": round(b * 1e6, 2),
+        "ratio": round(c / b, 3),
+        "target": None,
+        "met": None,
+        "frames": writer.frames,
+        "dropped": writer.dropped,
+    }
+    if args.json:
+        print(json.dumps(figure))
+    else:
+        print(f"{args.rounds} rounds x {args.requests} GET_DEVICE_STATUS round trips in process")
+        print(f"without capture: {b * 1e6:.2f} us per request (baseline)")
+        print(f"with capture:    {c * 1e6:.2f} us per request, ratio {c / b:.3f}")
+        print(f"frames written {writer.frames}, dropped {writer.dropped}")
+
+
+if __name__ == "__main__":
+    main()
