@@ -81,3 +81,17 @@ def test_run_with_the_smallest_message_size_chunks_config() -> None:
     assert report["devices"][0]["ok"] is True
     # blk's 60-byte config cannot come in one 52-byte message: several GET_CONFIGs.
     assert report["messages"]["GET_CONFIG"] >= 2
+
+
+@pytest.mark.parametrize("ring", ["split", "packed"])
+@pytest.mark.parametrize("socket", [False, True], ids=["in-process", "socket"])
+def test_run_with_a_forced_ring_kind_reports_every_device_ok(ring: str, socket: bool) -> None:
+    proc = run_cli("--json", "--ring", ring, *(["--socket"] if socket else []))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True and len(report["devices"]) == 4
+    for device in report["devices"]:
+        assert device["ok"], device
+        assert ("RING_PACKED" in device["features"]) == (ring == "packed")
+        assert "IN_ORDER" in device["features"]
+        assert "NOTIFICATION_DATA" in device["features"]

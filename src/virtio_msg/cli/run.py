@@ -16,6 +16,7 @@ from typing import Any
 
 from virtio_msg.cli.capture_args import add_capture_args, close_capture, open_capture
 from virtio_msg.cli.common import add_bus_args
+from virtio_msg.transport.params import RING_KINDS
 
 
 def print_run_report(report: dict[str, Any]) -> None:
@@ -73,7 +74,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from virtio_msg.compose import assign_numbers, from_tree, run_loopback
 
     configs = [
-        from_tree(c, profile=args.profile, max_msg_size=args.max_size, timeout_ms=args.timeout_ms)
+        from_tree(
+            c,
+            profile=args.profile,
+            max_msg_size=args.max_size,
+            timeout_ms=args.timeout_ms,
+            ring=args.ring,
+        )
         for c in configs_from_args(args)
     ]
     if args.vhost_user:
@@ -112,6 +119,13 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="serve the devices from a separate backend process over the Unix socket "
         "channel (same report)",
+    )
+    p.add_argument(
+        "--ring",
+        choices=RING_KINDS,
+        default="auto",
+        help="virtqueue kind the drivers use: packed when offered (auto, default), or force "
+        "split or packed (a device without packed rings then fails to probe)",
     )
     add_vhost_run_arguments(p)
     add_capture_args(p)

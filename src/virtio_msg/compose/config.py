@@ -43,8 +43,12 @@ def from_tree(
     profile: Profile | str | None = None,
     max_msg_size: int | None = None,
     timeout_ms: int | None = None,
+    ring: str = "auto",
 ) -> RunConfig:
     """Turn one device-tree bus instance into a RunConfig; arguments override the tree.
+
+    ``ring`` is the ring kind drivers use (``auto``, ``split``, ``packed``;
+    see :attr:`~virtio_msg.transport.params.BusParams.ring`).
 
     Raises :class:`~virtio_msg.errors.ConfigError` when the instance's pool
     is too small for the devices the run would create (the tree itself may
@@ -68,6 +72,7 @@ def from_tree(
         size,
         config.transport_features if profile is None or profile == config.profile else 0,
         timeout_ms=config.timeout_ms if timeout_ms is None else timeout_ms,
+        ring=ring,
     )
     return RunConfig(
         name=config.node_path,
