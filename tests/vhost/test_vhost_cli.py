@@ -201,3 +201,15 @@ def test_backend_vhost_user_reports_an_unreachable_backend(tmp_path: Path) -> No
         assert code == 1 and "cannot connect" in err
     finally:
         sb.close()
+
+
+def test_run_refuses_socket_with_vhost_user(tmp_path: Path) -> None:
+    """A socket run serves only built-in devices: it must not claim a vhost-user device ran."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "virtio_msg", "run", "--socket",
+         "--vhost-user", f"socket={tmp_path / 'absent.sock'}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2
+    assert "--socket and --vhost-user cannot be combined" in proc.stderr
+    assert "all devices ok" not in proc.stdout

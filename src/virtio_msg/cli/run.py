@@ -73,6 +73,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from virtio_msg.cli.dt import configs_from_args
     from virtio_msg.compose import assign_numbers, from_tree, run_loopback
 
+    if args.socket and args.vhost_user:
+        # run_over_socket serves only the built-in devices: a report from it would
+        # claim a run of the vhost-user devices that never happened.
+        raise ValueError(
+            "--socket and --vhost-user cannot be combined (the socket run serves only "
+            "the built-in devices); use `run --vhost-user SPEC` for an in-process run, or "
+            "`virtio-msg bus` with `virtio-msg backend vhost-user` for the socket bus"
+        )
     configs = [
         from_tree(
             c,
@@ -118,7 +126,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         "--socket",
         action="store_true",
         help="serve the devices from a separate backend process over the Unix socket "
-        "channel (same report)",
+        "channel (same report; not with --vhost-user)",
     )
     p.add_argument(
         "--ring",
