@@ -193,6 +193,9 @@ def test_qemu_img_convert_round_trip(tmp_path: Path, sock_dir: Path) -> None:
             assert out.read_bytes() == payload
             r = run(str(QEMU_IMG), "info", "--output=json", uri)
             assert r.returncode == 0 and '"virtual-size": 6291456' in r.stdout
+            # qemu-img sends DISC and hangs up without waiting: wait for the server to
+            # finish each session before reading its counters.
+            assert srv.wait_sessions(3, timeout=60)
             assert srv.clients == 3  # sequential clients on one server
             assert srv.commands["WRITE"] > 0 and srv.commands["READ"] > 0
             assert srv.commands["DISC"] == 3
@@ -433,6 +436,18 @@ def test_read_write_flush_trim_zeroes(serve: Serve) -> None:
     ]
     c.sock.sendall(struct.pack(">IHHQQI", N.REQUEST_MAGIC, 0, N.NBD_CMD_DISC, 9, 0, 0))
     assert c.closed() and srv.commands["DISC"] == 1
+
+def test_a_client_that_hangs_up_after_disc_is_counted_once_its_session_ends(
+    serve: Serve,
+) -> None:
+    """Like qemu-img: DISC then close at once, never waiting for the server."""
+    srv, c = session(serve, MemTarget())
+    c.sock.sendall(struct.pack(">IHHQQI", N.REQUEST_MAGIC, 0, N.NBD_CMD_DISC, 1, 0, 0))
+    c.close()
+    assert srv.wait_sessions(1, timeout=10)
+    assert srv.sessions_ended == 1 and srv.commands["DISC"] == 1
+    assert not srv.wait_sessions(2, timeout=0)
+
 
 
 @pytest.mark.parametrize(

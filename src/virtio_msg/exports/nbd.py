@@ -158,6 +158,9 @@ class NbdServer:
         """Commands handled, by name; errors as "error:<name>"."""
         self.rejected: Counter[str] = Counter()
         """Options refused and sessions dropped, by reason."""
+        self.sessions_ended = 0
+        """Sessions fully handled (their counters final): see :meth:`wait_sessions`."""
+        self._ended = threading.Condition()
         self._stop = threading.Event()
         self._conn: socket.socket | None = None
         self._conn_lock = threading.Lock()
@@ -222,7 +225,21 @@ class NbdServer:
                 with self._conn_lock:
                     self._conn = None
                 conn.close()
+                with self._ended:
+                    self.sessions_ended += 1
+                    self._ended.notify_all()
         self._stop.set()
+        with self._ended:
+            self._ended.notify_all()
+
+    def wait_sessions(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` sessions have ended; False if not within ``timeout`` seconds.
+
+        A client may hang up before the server has counted its last command: read
+        the counters only after this returns True.
+        """
+        with self._ended:
+            return self._ended.wait_for(lambda: self.sessions_ended >= count, timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the server stops (``max_clients`` reached or closed); True if it did."""
