@@ -225,6 +225,7 @@ def test_qemu_io_unaligned_writes_zeroes_discard_and_flush(tmp_path: Path, sock_
             assert data[1001 : 1001 + 70001] == b"\xab" * 70001
             assert data[1000:1001] == b"\x5a" and data[71002:71003] == b"\x5a"
             assert data[262144 : 262144 + 131072] == bytes(131072)
+            assert srv.wait_sessions(1, timeout=60)  # qemu-io, too, hangs up after DISC
             assert srv.commands["WRITE_ZEROES"] == 1 and srv.commands["TRIM"] == 1
             assert srv.commands["FLUSH"] >= 1
 
