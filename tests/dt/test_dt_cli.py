@@ -12,7 +12,7 @@ import pytest
 from dt_helpers import WriteDts, dts_writer
 from dt_helpers import need_dtschema as require_dtschema
 
-from virtio_msg.cli.dt import add_dt_arguments, add_parser, configs_from_args
+from virtio_msg.cli.dt import SCHEMA_NOT_CHECKED, add_dt_arguments, add_parser, configs_from_args
 from virtio_msg.dt import DeviceTreeError, default_tree_path
 
 
@@ -112,6 +112,22 @@ def test_check_no_schema(write_dts: WriteDts) -> None:
     status, out = dt_check(str(write_dts(ok, "ok.dts")), "--no-schema")
     assert status == 0
     assert out.splitlines()[-1].endswith("note: schema validation skipped (--no-schema)")
+
+
+def test_check_without_dtschema_warns_and_exits_3_never_invalid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a user sees right after `pip install .` (no [dt] extra): the embedded tree."""
+    monkeypatch.setattr("virtio_msg.dt.schema.dtschema_available", lambda: False)
+    status, out = dt_check(str(default_tree_path()))
+    assert status == SCHEMA_NOT_CHECKED == 3
+    assert "invalid" not in out
+    assert "warning: /: schema not checked (install virtio-msg[dt])" in out
+    assert out.splitlines()[-1].endswith(
+        "valid by the semantic checks; schema not checked (install virtio-msg[dt])"
+    )
+    status, out = dt_check(str(default_tree_path()), "--json")
+    assert status == 3 and json.loads(out)["valid"] is True
 
 
 def test_dt_without_subcommand_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:

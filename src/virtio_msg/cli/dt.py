@@ -13,13 +13,14 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from virtio_msg.dt.binding import LoopbackConfig
 from virtio_msg.dt.check import CheckReport, check_tree
 from virtio_msg.dt.loader import LEGACY_POOL_NAME, load_default, load_tree
 
 __all__ = [
+    "SCHEMA_NOT_CHECKED",
     "add_dt_arguments",
     "add_parser",
     "configs_from_args",
@@ -33,6 +34,11 @@ _LEGACY_HELP = (
     f"(the seed kernel used {LEGACY_POOL_NAME!r}), with a warning; trees with a "
     "virtio,msg-loopback node never need it"
 )
+
+
+SCHEMA_NOT_CHECKED: Final = 3
+"""``dt check``'s exit status for a tree without errors whose schema was not checked
+(dtschema is not installed)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
@@ -50,7 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> argparse.Argument
             "Validate FILE (DTS or DTB) against the virtio,msg-loopback binding with dtschema "
             "and the semantic checks (phandle, restricted-dma-pool, alignment, size, overlap, "
             "no-map). Exit status 0 when valid (one summary line per bus instance), 1 on any "
-            "error."
+            "error, 3 when valid by the semantic checks but the schema was not checked "
+            "because dtschema is not installed (install virtio-msg[dt])."
         ),
     )
     check.add_argument("file", metavar="FILE", help="device tree source (.dts) or blob (.dtb)")
@@ -101,7 +108,11 @@ def configs_from_args(args: argparse.Namespace) -> list[LoopbackConfig]:
 
 
 def run_dt_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Handle ``dt check``: print the report; return 0 when valid, 1 on any error."""
+    """Handle ``dt check``: print the report; return the exit status.
+
+    0 when valid, 1 on any error, :data:`SCHEMA_NOT_CHECKED` (3) when no error
+    was found but dtschema is not installed, so the schema was not checked.
+    """
     out = out or sys.stdout
     report = check_tree(
         args.file,
@@ -112,7 +123,9 @@ def run_dt_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(json.dumps(report.to_json(), indent=2), file=out)
     else:
         print(format_report(report), file=out)
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    return SCHEMA_NOT_CHECKED if report.schema_missing else 0
 
 
 def format_report(report: CheckReport) -> str:
@@ -126,7 +139,12 @@ def format_report(report: CheckReport) -> str:
             lines.extend(f"    {line}" for line in hint[1:])
     if report.ok:
         lines.extend(f"{report.source}: bus {i}: {s}" for i, s in enumerate(report.summaries))
-        if not report.schema_checked:
+        if report.schema_missing:
+            lines.append(
+                f"{report.source}: valid by the semantic checks; schema not checked "
+                "(install virtio-msg[dt])"
+            )
+        elif not report.schema_checked:
             lines.append(f"{report.source}: note: schema validation skipped (--no-schema)")
     else:
         errors, warnings = len(report.errors), len(report.warnings)

@@ -36,7 +36,7 @@ from virtio_msg.dt.problems import (
     Severity,
     errors_of,
 )
-from virtio_msg.dt.schema import SchemaDiagnostic, SchemaUnavailable, validate_dtb
+from virtio_msg.dt.schema import SchemaDiagnostic, SchemaMissing, SchemaUnavailable, validate_dtb
 from virtio_msg.dt.tree import DtTree, PropertyTypeError, prop_u32s, read_tree
 
 __all__ = ["CheckReport", "check_tree"]
@@ -53,7 +53,9 @@ class CheckReport:
 
     ``problems`` holds every error and warning in tree order; ``configs`` the
     bus instances :func:`~virtio_msg.dt.loader.load_tree` would return (empty
-    when there is any error); ``schema_checked`` tells whether dtschema ran.
+    when there is any error); ``schema_checked`` tells whether dtschema ran and
+    ``schema_missing`` whether it could not because dtschema is not installed
+    (a warning: a missing tool says nothing about the tree).
     """
 
     source: str
@@ -61,6 +63,7 @@ class CheckReport:
     problems: tuple[Problem, ...]
     configs: tuple[LoopbackConfig, ...] = field(default=())
     schema_checked: bool = False
+    schema_missing: bool = False
 
     @property
     def ok(self) -> bool:
@@ -89,6 +92,7 @@ class CheckReport:
             "format": self.format,
             "valid": self.ok,
             "schema_checked": self.schema_checked,
+            "schema_missing": self.schema_missing,
             "errors": len(self.errors),
             "warnings": len(self.warnings),
             "problems": [p.to_json() for p in self.problems],
@@ -102,7 +106,8 @@ def check_tree(
     """Check the DTS or DTB at ``path`` against the binding; never raises for a bad tree.
 
     ``schema=False`` skips dtschema (semantic checks only).  Without dtschema
-    installed, schema validation is reported as an error with the fix.
+    installed, "schema not checked" is a warning with the fix (``schema_missing``);
+    a dtschema that is installed but fails to run is an error.
     """
     source = str(path)
     try:
@@ -111,11 +116,22 @@ def check_tree(
         return CheckReport(source, None, exc.problems)
     configs, problems = analyze(tree, legacy_pool_name=legacy_pool_name)
     problems = list(tree.warnings) + problems
-    checked = False
+    checked = missing = False
     if schema:
         try:
             diagnostics = validate_dtb(tree.dtb)
             checked = True
+        except SchemaMissing as exc:
+            missing = True
+            problems.append(
+                Problem(
+                    "/",
+                    f"schema not checked (install virtio-msg[dt]): {exc}",
+                    "the semantic checks ran; pass --no-schema to skip the schema on purpose",
+                    "warning",
+                    source="schema",
+                )
+            )
         except SchemaUnavailable as exc:
             problems.append(
                 Problem(
@@ -129,7 +145,9 @@ def check_tree(
             problems.extend(_schema_problems(tree, diagnostics, problems))
     problems = _in_tree_order(tree, problems)
     ok = not errors_of(problems)
-    return CheckReport(source, tree.format, tuple(problems), tuple(configs) if ok else (), checked)
+    return CheckReport(
+        source, tree.format, tuple(problems), tuple(configs) if ok else (), checked, missing
+    )
 
 
 def _relevant_nodes(tree: DtTree) -> set[str]:

@@ -48,6 +48,10 @@ class SchemaUnavailable(RuntimeError):
     """dtschema is not installed, or could not run; the message says which and how to fix it."""
 
 
+class SchemaMissing(SchemaUnavailable):
+    """dtschema is not installed: the schema was not checked (not a fault of the tree)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SchemaDiagnostic:
     """One diagnostic of ``dt-validate``: node path, first property, schema ``$id``, message."""
@@ -76,7 +80,7 @@ def validate_dtb(dtb: bytes, *, schema: Path | None = None) -> list[SchemaDiagno
     when dtschema is missing or fails to produce its JSON report.
     """
     if not dtschema_available():
-        raise SchemaUnavailable(
+        raise SchemaMissing(
             "dtschema is not installed: schema validation needs it "
             "(pip install 'virtio-msg[dt]', or pip install dtschema)"
         )
