@@ -160,10 +160,14 @@ def _pump(port: ConsolePort, stdin: BinaryIO, stdout: BinaryIO, errors: BinaryIO
         port.close()  # end of input: the device side finishes, then ends the stream
     except (VirtioMsgError, OSError) as exc:
         failure.append(str(exc))
-    finally:
-        reader.join(timeout=limit)
+    except BaseException:  # Ctrl-C: stop the output thread now, not after the timeout
         stop.set()
-        reader.join(timeout=limit)
+        raise
+    finally:
+        if not stop.is_set():
+            reader.join(timeout=limit)  # the rest of what the device side sends
+        stop.set()
+        reader.join(timeout=limit)  # it sees the stop flag within READ_SLICE
     if failure:
         errors.write(f"error: {failure[0]}\n".encode())
         return 1
