@@ -34,6 +34,7 @@ LAYERS = {
     "exports": 7,
     "compose": 8,
     "capture": 8,
+    "conformance": 8,
     "streams": 8,
     "testing": 8,
     "guest": 8,

@@ -23,7 +23,18 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand."""
-    from virtio_msg.cli import backend, bus, capture, codec, console, dt, guest, nbd, run
+    from virtio_msg.cli import (
+        backend,
+        bus,
+        capture,
+        codec,
+        conformance,
+        console,
+        dt,
+        guest,
+        nbd,
+        run,
+    )
 
     parser = argparse.ArgumentParser(
         prog="virtio-msg",
@@ -39,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     guest.add_parser(sub)
     codec.add_parsers(sub)
     capture.add_parsers(sub)
+    conformance.add_parser(sub)
     return parser
 
 

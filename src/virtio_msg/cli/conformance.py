@@ -1,0 +1,146 @@
+"""``virtio-msg conformance device``: the conformance tool against a device side.
+
+The tool plays driver and bus.  ``--socket PATH``: it listens at PATH as the
+socket bus and a backend process (``virtio-msg backend --socket PATH``, or one
+in C or Rust speaking docs/socket-protocol.md) connects and adds its devices;
+``--builtin TYPES`` serves the project's own device models in this process
+(``--broken DEFECT`` gives them one deliberate defect, for the self-test).
+Every device number offered is run through the scenarios of
+:mod:`virtio_msg.conformance`; one line per scenario, a summary, ``--json``,
+``--junit FILE``, ``-k`` and ``--list``; exit 1 if any scenario failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from virtio_msg.cli.common import add_codec_args
+from virtio_msg.conformance.broken import DEFECTS, BrokenBackend
+from virtio_msg.conformance.links import DeviceLink, InProcessLink, SocketLink
+from virtio_msg.conformance.runner import run_device_suite, select
+from virtio_msg.errors import VirtioMsgError
+from virtio_msg.spec import VIRTIO_MSG_F_STRICT_CONFIG_GENERATION
+from virtio_msg.transport.params import BusParams
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``conformance`` and its ``device`` subcommand."""
+    top = sub.add_parser(
+        "conformance",
+        help="run the conformance scenarios against another implementation",
+        description="Conformance tool: plays driver and bus against a device side.",
+    )
+    kinds = top.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    p = kinds.add_parser(
+        "device",
+        help="check a device side (a backend) against the DEV- and G- requirements",
+        description="Play driver and bus against every device number a backend offers.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", type=Path, metavar="PATH",
+                       help="listen at PATH as the socket bus; the backend connects")
+    where.add_argument("--connect", type=Path, metavar="PATH",
+                       help="connect to a backend listening at PATH (not supported yet)")
+    where.add_argument("--kernel", action="store_true",
+                       help="no device side exists behind the kernel channel (the kernel is "
+                       "a driver); see 'conformance driver'")
+    where.add_argument("--builtin", metavar="TYPES",
+                       help="serve the project's device models in this process, e.g. "
+                       "rng,blk,console,i2c")
+    p.add_argument("--broken", choices=sorted(DEFECTS), metavar="DEFECT",
+                   help=f"with --builtin: one deliberate defect ({', '.join(DEFECTS)})")
+    add_codec_args(p)
+    p.add_argument("--strict", action="store_true",
+                   help="advertise VIRTIO_MSG_F_STRICT_CONFIG_GENERATION (strict profile)")
+    p.add_argument("--timeout-ms", type=int, default=1000, metavar="MS",
+                   help="wait for each response (default 1000)")
+    p.add_argument("--silence-ms", type=int, default=150, metavar="MS",
+                   help="how long 'no reply' must last (default 150)")
+    p.add_argument("--wait-ms", type=int, default=30000, metavar="MS",
+                   help="with --socket: wait for the backend and its first ADD (default 30000)")
+    p.add_argument("--settle-ms", type=int, default=500, metavar="MS",
+                   help="with --socket: no ADD for this long ends discovery (default 500)")
+    p.add_argument("-k", dest="pattern", metavar="PATTERN",
+                   help="run only scenarios whose name or checklist id contains PATTERN "
+                   "(comma-separated alternatives)")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML to FILE")
+    p.set_defaults(func=cmd_device)
+
+
+def _link(args: argparse.Namespace, params: BusParams) -> DeviceLink:
+    if args.builtin:
+        from virtio_msg.bus.backend import Backend
+        from virtio_msg.devices.catalog import make_device
+
+        link = InProcessLink(params)
+        backend = (BrokenBackend(args.broken, link.region, params) if args.broken
+                   else Backend(link.region, params))
+        link.attach(backend)
+        for n, name in enumerate(t for t in args.builtin.split(",") if t):
+            backend.serve(n, make_device(name))
+        return link
+    sock = SocketLink(args.socket, params)
+    try:
+        print(f"waiting for a backend at {sock.path}", file=sys.stderr, flush=True)
+        sock.accept(args.wait_ms / 1000)
+        sock.wait_devices(args.wait_ms / 1000, args.settle_ms / 1000)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    """Run the device suite; print the lines and the summary; 1 if anything failed."""
+    scenarios = select(args.pattern)
+    if args.list:
+        for s in scenarios:
+            print(f"{s.name:30} [{','.join(s.ids)}] {s.title}")
+        return 0
+    if args.kernel:
+        print("error: behind the kernel channel the kernel is the driver: there is no device "
+              "side to check (use 'virtio-msg conformance driver')", file=sys.stderr)
+        return 2
+    if args.connect:
+        print("error: --connect (a backend that listens) is not implemented; use --socket PATH "
+              "and let the backend connect", file=sys.stderr)
+        return 2
+    if not args.socket and not args.builtin:
+        print("error: give --socket PATH or --builtin TYPES", file=sys.stderr)
+        return 2
+    if args.broken and not args.builtin:
+        print("error: --broken needs --builtin", file=sys.stderr)
+        return 2
+    params = BusParams(args.profile, args.max_size,
+                       VIRTIO_MSG_F_STRICT_CONFIG_GENERATION if args.strict else 0,
+                       timeout_ms=args.timeout_ms)
+    logging.getLogger("virtio_msg").setLevel(logging.ERROR)  # device warnings are expected
+    try:
+        link = _link(args, params)
+    except VirtioMsgError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        report = run_device_suite(link, link.devices, scenarios, timeout_ms=args.timeout_ms,
+                                  silence_ms=args.silence_ms)
+    finally:
+        link.close()
+    if args.junit:
+        args.junit.write_bytes(report.to_junit())
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        for r in report.results:
+            print(r.line())
+        print(report.summary())
+    return 0 if report.ok else 1
+
+
+__all__ = ["add_parser", "cmd_device"]
