@@ -97,7 +97,8 @@ def vqueue_reset(p: DeviceProbe) -> None:
     """RESET_VQUEUE: no-op without RING_RESET or for a bad index; resets the queue with it."""
     info = p.info()
     offered = p.offered(info.num_feature_blocks)
-    no_rr = offered & ~(1 << C.VIRTIO_F_RING_RESET) & ~(1 << C.VIRTIO_F_NOTIFICATION_DATA)
+    no_rr = offered & ~(1 << C.VIRTIO_F_RING_RESET) & ~(1 << C.VIRTIO_F_NOTIFICATION_DATA) \
+        & ~(1 << C.VIRTIO_F_RING_PACKED)
     index, max_size, _ = _ready(p, no_rr)
     ring = SplitRing(p, min(8, max_size))
     p.request(ring.set_vqueue(index))

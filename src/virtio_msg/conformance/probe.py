@@ -225,7 +225,10 @@ class DeviceProbe:
                          ids=("DEV-39",))
 
     def init(self, features: int | None = None) -> tuple[S.GetDeviceInfoResp, int, int]:
-        """Reset, ACKNOWLEDGE, DRIVER, features (default: all offered), FEATURES_OK.
+        """Reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK.
+
+        The default selection is every offered bit but RING_PACKED and
+        NOTIFICATION_DATA (the tool lays out split rings and kicks with 0).
 
         Returns (info, selected features, status after FEATURES_OK).
         """
@@ -234,7 +237,8 @@ class DeviceProbe:
         self.set_status(C.Status.ACKNOWLEDGE)
         self.set_status(C.Status.ACKNOWLEDGE | C.Status.DRIVER)
         offered = self.offered(info.num_feature_blocks)
-        selected = offered & ~(1 << C.VIRTIO_F_NOTIFICATION_DATA) if features is None else features
+        split_only = (1 << C.VIRTIO_F_NOTIFICATION_DATA) | (1 << C.VIRTIO_F_RING_PACKED)
+        selected = offered & ~split_only if features is None else features
         self.select(selected, max(info.num_feature_blocks, (selected.bit_length() + 31) // 32))
         status = self.set_status(C.Status.ACKNOWLEDGE | C.Status.DRIVER | C.Status.FEATURES_OK)
         return info, selected, status
