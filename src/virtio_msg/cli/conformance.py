@@ -1,4 +1,4 @@
-"""``virtio-msg conformance device``: the conformance tool against a device side.
+"""``virtio-msg conformance device|driver``: the conformance tool.
 
 The tool plays driver and bus.  ``--socket PATH``: it listens at PATH as the
 socket bus and a backend process (``virtio-msg backend --socket PATH``, or one
@@ -8,6 +8,9 @@ in C or Rust speaking docs/socket-protocol.md) connects and adds its devices;
 Every device number offered is run through the scenarios of
 :mod:`virtio_msg.conformance`; one line per scenario, a summary, ``--json``,
 ``--junit FILE``, ``-k`` and ``--list``; exit 1 if any scenario failed.
+``conformance driver`` plays devices instead and judges a driver side: the
+project's drivers behind the in-process bus, or a socket bus's drivers
+(``--socket PATH``, the tool connecting as a backend).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Any
 
 from virtio_msg.cli.common import add_codec_args
 from virtio_msg.conformance.broken import DEFECTS, BrokenBackend
+from virtio_msg.conformance.driver_check import RULES, run_driver_suite, run_driver_suite_socket
 from virtio_msg.conformance.links import DeviceLink, InProcessLink, SocketLink
+from virtio_msg.conformance.report import Report
 from virtio_msg.conformance.runner import run_device_suite, select
 from virtio_msg.errors import VirtioMsgError
 from virtio_msg.spec import VIRTIO_MSG_F_STRICT_CONFIG_GENERATION
@@ -72,6 +77,75 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML to FILE")
     p.set_defaults(func=cmd_device)
+
+    d = kinds.add_parser(
+        "driver",
+        help="check a driver side against the DRV- requirements (the tool plays devices)",
+        description="Serve device models (the project's, an asynchronously resetting one and "
+        "one refusing FEATURES_OK) to a driver side and judge everything it sends.",
+    )
+    dwhere = d.add_mutually_exclusive_group()
+    dwhere.add_argument("--socket", type=Path, metavar="PATH",
+                        help="connect to a socket bus at PATH (e.g. virtio-msg bus) as a "
+                        "backend; its drivers are checked")
+    dwhere.add_argument("--kernel", action="store_true",
+                        help="behind the kernel channel (not available: see docs/conformance.md)")
+    d.add_argument("--types", default="rng,blk,console,i2c", metavar="TYPES",
+                   help="device models to serve (default rng,blk,console,i2c)")
+    d.add_argument("--first", type=int, default=0, metavar="N",
+                   help="with --socket: first device number to use (default 0)")
+    add_codec_args(d)
+    d.add_argument("--settle-ms", type=int, default=1000, metavar="MS",
+                   help="with --socket: quiet time that ends the driver's exercise (default 1000)")
+    d.add_argument("-k", dest="pattern", metavar="PATTERN",
+                   help="report only rule groups whose name or id contains PATTERN")
+    d.add_argument("--list", action="store_true", help="list the rule groups and exit")
+    d.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    d.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML to FILE")
+    d.set_defaults(func=cmd_driver)
+
+
+def _emit(report: Report, args: argparse.Namespace) -> int:
+    if args.junit:
+        args.junit.write_bytes(report.to_junit())
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        for r in report.results:
+            print(r.line())
+        print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_driver(args: argparse.Namespace) -> int:
+    """Run the driver suite; print the lines and the summary; 1 if anything failed."""
+    words = [w.strip().lower() for w in (args.pattern or "").split(",") if w.strip()]
+
+    def wanted(name: str, ids: tuple[str, ...]) -> bool:
+        return not words or any(w in name or any(w in i.lower() for i in ids) for w in words)
+
+    if args.list:
+        for name, ids, _fn in RULES:
+            if wanted(name, ids):
+                print(f"{name:30} [{','.join(ids)}]")
+        return 0
+    if args.kernel:
+        print("error: the kernel channel is not available in this version, so the driver "
+              "suite cannot sit behind it yet", file=sys.stderr)
+        return 2
+    types = [t for t in args.types.split(",") if t]
+    logging.getLogger("virtio_msg").setLevel(logging.ERROR)
+    try:
+        if args.socket:
+            report = run_driver_suite_socket(str(args.socket), types, first=args.first,
+                                             settle=args.settle_ms / 1000)
+        else:
+            report = run_driver_suite(types, BusParams(args.profile, args.max_size))
+    except VirtioMsgError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    report.results = [r for r in report.results if wanted(r.scenario, r.ids)]
+    return _emit(report, args)
 
 
 def _link(args: argparse.Namespace, params: BusParams) -> DeviceLink:
@@ -132,15 +206,7 @@ def cmd_device(args: argparse.Namespace) -> int:
                                   silence_ms=args.silence_ms)
     finally:
         link.close()
-    if args.junit:
-        args.junit.write_bytes(report.to_junit())
-    if args.json:
-        print(json.dumps(report.to_json()))
-    else:
-        for r in report.results:
-            print(r.line())
-        print(report.summary())
-    return 0 if report.ok else 1
+    return _emit(report, args)
 
 
-__all__ = ["add_parser", "cmd_device"]
+__all__ = ["add_parser", "cmd_device", "cmd_driver"]
