@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from figures import emit, figure
 from virtio_msg.bus import LoopbackBus, loopback_pair
 from virtio_msg.compose import percentile
 from virtio_msg.devices import RngDevice
@@ -38,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", choices=["spec", "linux-rfc1"], default="spec")
     parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--json", action="store_true", help="one JSON object per figure")
     args = parser.parse_args()
     params = BusParams(args.profile)
     bus, backend, _channel = loopback_pair(LoopbackBus(params, size=1 << 20))
@@ -58,11 +60,16 @@ def main() -> None:
         codec_t = codec_round_trip(bus.adapter, args.requests)
     rate = args.requests / total
     p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
-    print(f"profile {args.profile}, {args.requests} GET_DEVICE_STATUS round trips in process")
-    print(f"bus round trip: p50 {p50 * 1e6:.1f} us, p99 {p99 * 1e6:.1f} us, {rate:,.0f} requests/s")
-    print(f"codec alone (2 encodes + 2 decodes): {codec_t * 1e6:.1f} us per round trip")
-    print(f"ratio bus/codec (p50): {p50 / codec_t:.2f}  (target: >= 100k requests/s)")
-
+    if not args.json:
+        print(f"profile {args.profile}, {args.requests} GET_DEVICE_STATUS round trips in "
+              f"process: p50 {p50 * 1e6:.1f} us, p99 {p99 * 1e6:.1f} us; codec alone (2 "
+              f"encodes + 2 decodes) {codec_t * 1e6:.1f} us per round trip")
+    emit([
+        figure(f"bus {args.profile}: round trip p50 / codec work", p50 * 1e6, "us",
+               codec_t * 1e6, None, "<= 3.0"),
+        figure(f"bus {args.profile}: requests/s / 200k target", rate, "1/s",
+               None, rate / 200_000, ">= 1.0"),
+    ], args.json)
 
 if __name__ == "__main__":
     main()

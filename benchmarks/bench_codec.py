@@ -15,6 +15,7 @@ import struct
 import timeit
 from typing import Any
 
+from figures import emit, figure
 from virtio_msg.wire import Codec, Message
 from virtio_msg.wire import rfc1 as R
 from virtio_msg.wire import spec as S
@@ -87,11 +88,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", choices=["spec", "linux-rfc1"], default="spec")
     parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument("--json", action="store_true", help="one JSON object per figure")
     args = parser.parse_args()
     codec = Codec(args.profile)
     samples = SPEC_SAMPLES if args.profile == "spec" else RFC1_SAMPLES
-    print(f"profile {args.profile}: encode+decode vs bare struct pack+unpack (ns per message)")
-    print(f"{'message':34} {'codec':>8} {'bare':>8} {'ratio':>6}")
+    figures = []
     ratios = []
     for msg in samples:
         raw = codec.encode(msg)
@@ -101,9 +102,13 @@ def main() -> None:
         ratio = codec_t / bare_t
         ratios.append(ratio)
         name = codec.layout_for(msg).name + (" resp" if codec.layout_for(msg).response else "")
-        print(f"{name:34} {codec_t * 1e9:8.0f} {bare_t * 1e9:8.0f} {ratio:6.2f}")
+        figures.append(figure(f"codec {args.profile}: {name}", codec_t * 1e9, "ns",
+                              bare_t * 1e9, ratio, "<= 3.0"))
     ratios.sort()
-    print(f"median ratio {ratios[len(ratios) // 2]:.2f}, worst {ratios[-1]:.2f} (target <= 3.0)")
+    if not args.json:
+        print(f"profile {args.profile}: encode+decode vs bare struct pack+unpack (ns per "
+              f"message); median ratio {ratios[len(ratios) // 2]:.2f}, worst {ratios[-1]:.2f}")
+    emit(figures, args.json)
 
 
 if __name__ == "__main__":

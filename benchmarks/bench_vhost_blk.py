@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -35,6 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from figures import emit, figure
 from virtio_msg.bus import LoopbackBus, loopback_pair
 from virtio_msg.devices.blk import BlkDevice
 from virtio_msg.drivers import DRIVERS
@@ -178,11 +178,21 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     report = run(args.size_mib << 20, args.ops, args.repeat, args.dir)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return
     iops = report["iops"]
     assert isinstance(iops, dict)
+    if args.json:
+        figures = [
+            figure(f"vhost-user blk {qd} IOPS / python blk", iops["vhost-user"][qd], "1/s",
+                   iops["python"][qd])
+            for qd in ("qd1", "qd32")
+        ]
+        figures += [
+            figure(f"blk 4 KiB random read QD1 IOPS: {name} / os.pread", r["qd1"], "1/s",
+                   iops["pread"]["qd1"])
+            for name, r in iops.items() if name != "pread"
+        ]
+        emit(figures, True)
+        return
     print(f"random {BLOCK // 1024} KiB reads, {args.ops} per run, best of {args.repeat}, "
           f"{args.size_mib} MiB image (page cache)")
     print(f"{'device':<12}{'QD1 IOPS':>12}{'us/op':>9}{'QD32 IOPS':>12}{'us/op':>9}")

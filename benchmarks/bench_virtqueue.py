@@ -18,6 +18,7 @@ import struct
 import time
 from collections.abc import Callable
 
+from figures import emit, figure
 from virtio_msg.memory import Region
 from virtio_msg.spec import VIRTIO_F_INDIRECT_DESC
 from virtio_msg.virtqueue import (
@@ -138,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (best kept)")
     parser.add_argument("--budget", type=float, default=0.05, help="seconds per timed batch")
+    parser.add_argument("--json", action="store_true", help="one JSON object per figure")
     args = parser.parse_args()
     shapes = {
         "128 x 1-desc chains, direct": one_desc_chains(False),
@@ -155,14 +157,11 @@ def main() -> None:
             run(loops[name])
             best[name] = min(best[name], (time.perf_counter_ns() - start) / loops[name])
     raw = best.pop("baseline")
-    print(f"device pop + add_used, {CHAIN} descriptors per iteration, best of {args.rounds} rounds")
-    print(f"  {'baseline: bare unpack of 128 descriptors':<34} {raw / 1000:8.2f} us/iter")
-    for name, ns in best.items():
-        chains = shapes[name][1]
-        print(
-            f"  {name:<34} {ns / 1000:8.2f} us/iter  {ns / CHAIN:6.0f} ns/desc  "
-            f"{chains * 1e9 / ns:>9.0f} chains/s  baseline/this {raw / ns:4.2f}"
-        )
+    if not args.json:
+        print(f"device pop + add_used, {CHAIN} descriptors per iteration, best of "
+              f"{args.rounds} rounds; baseline: bare unpack of {CHAIN} descriptors")
+    emit([figure(f"virtqueue {name}", ns / 1000, "us/iter", raw / 1000) for name, ns in
+          best.items()], args.json)
     for b, _ in shapes.values():
         b.region.close()
 
