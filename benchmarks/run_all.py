@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -70,7 +69,6 @@ def main() -> None:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
-    env_path = os.environ.get("PYTHONPATH", "")
     figures: list[Figure] = []
     failed = []
     for name in names:
@@ -85,7 +83,7 @@ def main() -> None:
         met = [f for f in figures if f["met"] is not None]
         print(f"targets met: {sum(f['met'] for f in met)} of {len(met)}"
               + (f"; failed: {', '.join(failed)}" if failed else "")
-              + (f" (PYTHONPATH={env_path})" if env_path else ""))
+              )
     sys.exit(1 if failed else 0)
 
 
