@@ -67,19 +67,21 @@ def cmd_bus(args: argparse.Namespace) -> int:
         bus.close()
         out.error(str(exc))
         return 1
-    region = bus.region
-    out.emit(
-        f"bus {bus.name} listening on {server.path} (profile {params.profile.value}, max "
-        f"message {params.max_size} bytes, region {region.base:#x} + {region.size:#x})",
-        event="listening",
-        bus=bus.name,
-        socket=str(server.path),
-        profile=params.profile.value,
-        max_msg_size=params.max_size,
-        region={"base": region.base, "size": region.size},
-    )
+    # SIGTERM becomes KeyboardInterrupt before "listening" is printed: a peer that
+    # stops the bus as soon as it reads that line still gets the socket removed.
     try:
         with sigterm_as_interrupt():
+            region = bus.region
+            out.emit(
+                f"bus {bus.name} listening on {server.path} (profile {params.profile.value}, max "
+                f"message {params.max_size} bytes, region {region.base:#x} + {region.size:#x})",
+                event="listening",
+                bus=bus.name,
+                socket=str(server.path),
+                profile=params.profile.value,
+                max_msg_size=params.max_size,
+                region={"base": region.base, "size": region.size},
+            )
             while True:
                 try:
                     kind, obj = events.get(timeout=0.5)
