@@ -124,3 +124,14 @@ def test_driver_suite_behind_a_virtio_msg_bus_process() -> None:
     assert report.ok, [r.line() for r in report.failed()]
     assert {r.target for r in report.results} == {
         "rng", "blk", "rng, asynchronous reset", "rng, refusing FEATURES_OK"}
+
+
+def test_driver_cli_leaves_the_library_log_level_as_it_found_it() -> None:
+    # The tool quiets the library's expected warnings for its own run only: a caller's
+    # logging (another command, a test's caplog) must see warnings afterwards.
+    logger = logging.getLogger("virtio_msg")
+    before = logger.level
+    assert main(["conformance", "driver", "--types", "rng"]) == 0
+    assert main(["conformance", "device", "--builtin", "rng", "-k", "token",
+                 "--silence-ms", "20"]) == 0
+    assert logger.level == before

@@ -16,9 +16,11 @@ project's drivers behind the in-process bus, or a socket bus's drivers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,18 @@ def _emit(report: Report, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+@contextlib.contextmanager
+def _quiet_library_logs() -> Iterator[None]:
+    """Keep the library's warnings (expected under test) quiet for one run, then restore."""
+    logger = logging.getLogger("virtio_msg")
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 def cmd_driver(args: argparse.Namespace) -> int:
     """Run the driver suite; print the lines and the summary; 1 if anything failed."""
     words = [w.strip().lower() for w in (args.pattern or "").split(",") if w.strip()]
@@ -134,13 +148,13 @@ def cmd_driver(args: argparse.Namespace) -> int:
               "suite cannot sit behind it yet", file=sys.stderr)
         return 2
     types = [t for t in args.types.split(",") if t]
-    logging.getLogger("virtio_msg").setLevel(logging.ERROR)
     try:
-        if args.socket:
-            report = run_driver_suite_socket(str(args.socket), types, first=args.first,
-                                             settle=args.settle_ms / 1000)
-        else:
-            report = run_driver_suite(types, BusParams(args.profile, args.max_size))
+        with _quiet_library_logs():
+            if args.socket:
+                report = run_driver_suite_socket(str(args.socket), types, first=args.first,
+                                                 settle=args.settle_ms / 1000)
+            else:
+                report = run_driver_suite(types, BusParams(args.profile, args.max_size))
     except VirtioMsgError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -195,17 +209,17 @@ def cmd_device(args: argparse.Namespace) -> int:
     params = BusParams(args.profile, args.max_size,
                        VIRTIO_MSG_F_STRICT_CONFIG_GENERATION if args.strict else 0,
                        timeout_ms=args.timeout_ms)
-    logging.getLogger("virtio_msg").setLevel(logging.ERROR)  # device warnings are expected
-    try:
-        link = _link(args, params)
-    except VirtioMsgError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    try:
-        report = run_device_suite(link, link.devices, scenarios, timeout_ms=args.timeout_ms,
-                                  silence_ms=args.silence_ms)
-    finally:
-        link.close()
+    with _quiet_library_logs():  # device warnings are expected
+        try:
+            link = _link(args, params)
+        except VirtioMsgError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            report = run_device_suite(link, link.devices, scenarios, timeout_ms=args.timeout_ms,
+                                      silence_ms=args.silence_ms)
+        finally:
+            link.close()
     return _emit(report, args)
 
 
