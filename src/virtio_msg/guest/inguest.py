@@ -4,11 +4,13 @@
 initramfs' ``/init``.  It starts ``virtio-msg backend --kernel`` on the seed's
 device files, waits (bounded) for each device's kernel driver to bind, then
 exercises it the way a user would: ``/dev/hwrng`` is read, ``/dev/vda`` is
-written and read back past the page cache, ``/dev/hvc0`` is round-tripped
-through the backend's console stream, and a ds1307 is instantiated on the
-virtio I2C adapter and read with ``hwclock``.  Every verdict is printed on the
-console as one ``VMSG-CHECK {json}`` line; ``VMSG-END`` closes the list.  A
-missing kernel feature is a failed check naming the ``CONFIG_`` option.
+written and compared with the image file the backend serves (both ways, past
+the page cache), a line written to ``/dev/hvc0`` must come back from the
+backend's echo console, and a ds1307 is instantiated on the virtio I2C adapter
+and read with ``hwclock``.  Every verdict is printed on the console as one
+``VMSG-CHECK {json}`` line (``/init`` then prints the kernel log and
+``VMSG-END``).  A missing kernel feature is a failed check naming the
+``CONFIG_`` option.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 LB = Path("/dev/virtio-msg-lb")
+DISK = Path("/tmp/vmsg-disk.img")
+"""The image file the backend serves as the blk device (in the guest's tmpfs)."""
+DISK_SIZE = 16 << 20
 WAIT_S = 60.0
 DRIVERS = {
     "rng": ("virtio_rng", "CONFIG_HW_RANDOM_VIRTIO"),
@@ -80,7 +85,7 @@ class Backend:
     def __init__(self, devices: list[str]) -> None:
         cmd = [sys.executable, "-m", "virtio_msg", "backend", "--kernel", *devices]
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         self.output = bytearray()
         threading.Thread(target=self._read, daemon=True).start()
@@ -129,55 +134,64 @@ def check_rng() -> str:
 
 
 def check_blk() -> str:
-    """Write a pattern through /dev/vda, drop the page cache, read it back."""
+    """Bytes written through /dev/vda land in the backend's image, and back.
+
+    A pattern written to /dev/vda (fsync) is read from the image file the
+    backend serves; another, written into the image, is read through /dev/vda
+    after the page cache is dropped.
+    """
     if not wait_for(lambda: Path("/dev/vda").exists()):
         raise RuntimeError("no /dev/vda after the blk device was added")
 
     def rw() -> str:
-        pattern = os.urandom(64 * 1024)
+        out, back = os.urandom(64 * 1024), os.urandom(64 * 1024)
         fd = os.open("/dev/vda", os.O_RDWR)
         try:
-            os.pwrite(fd, pattern, 4096)
+            os.pwrite(fd, out, 4096)
             os.fsync(fd)
         finally:
             os.close(fd)
+        with open(DISK, "r+b", buffering=0) as img:
+            img.seek(4096)
+            if img.read(len(out)) != out:
+                raise RuntimeError(f"{DISK} does not hold what was written to /dev/vda")
+            img.seek(1 << 20)
+            img.write(back)
+            os.fsync(img.fileno())
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
         fd = os.open("/dev/vda", os.O_RDONLY)
         try:
-            back = os.pread(fd, len(pattern), 4096)
+            got = os.pread(fd, len(back), 1 << 20)
         finally:
             os.close(fd)
-        if back != pattern:
-            raise RuntimeError("data read back differs from what was written")
-        return "64 KiB written at 4096 and read back after drop_caches"
+        if got != back:
+            raise RuntimeError(f"/dev/vda does not read what was written into {DISK}")
+        return f"64 KiB /dev/vda -> {DISK} and 64 KiB {DISK} -> /dev/vda"
 
     return bounded(rw, 60)
 
 
-def check_console(backend: Backend) -> str:
-    """A line written to /dev/hvc0 reaches the backend; a line fed to it comes back."""
+def check_console() -> str:
+    """A line written to /dev/hvc0 comes back from the backend's echo console."""
     if not wait_for(lambda: Path("/dev/hvc0").exists()):
         raise RuntimeError("no /dev/hvc0 after the console device was added")
     fd = os.open("/dev/hvc0", os.O_RDWR | os.O_NOCTTY)
     try:
         attrs = termios.tcgetattr(fd)
-        attrs[3] &= ~(termios.ECHO | termios.ICANON)
+        attrs[3] &= ~(termios.ECHO | termios.ICANON)  # no echo by the tty itself
         attrs[1] &= ~termios.OPOST
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
-        token = b"vmsg-out-" + os.urandom(4).hex().encode()
+        token = b"vmsg-" + os.urandom(8).hex().encode()
         os.write(fd, token + b"\n")
-        if not wait_for(lambda: token in backend.output, 20):
-            raise RuntimeError("the line written to /dev/hvc0 did not reach the backend")
-        assert backend.proc.stdin is not None
-        back = b"vmsg-in-" + os.urandom(4).hex().encode()
-        backend.proc.stdin.write(back + b"\n")
-        backend.proc.stdin.flush()
         got = bytearray()
 
         def read() -> str:
-            while back not in got:
-                got.extend(os.read(fd, 256))
-            return "round trip through /dev/hvc0 and the backend's console stream"
+            while token not in got:
+                chunk = os.read(fd, 256)
+                if not chunk:
+                    raise RuntimeError(f"/dev/hvc0 ended after {bytes(got)!r}")
+                got.extend(chunk)
+            return f"{len(token) + 1} bytes written to /dev/hvc0 came back from the backend"
 
         return bounded(read, 20)
     finally:
@@ -224,11 +238,15 @@ def main(argv: list[str]) -> int:
     for kind in missing:
         emit(kind, False, f"the kernel has no {DRIVERS[kind][0]} driver: enable {DRIVERS[kind][1]}")
     run = [k for k in kinds if k not in missing]
-    backend = Backend([f"{n}:{k}" for n, k in enumerate(kinds) if k in run])
+    if "blk" in run:
+        with open(DISK, "wb") as img:
+            img.truncate(DISK_SIZE)
+    specs = [f"{n}:{k}" + (f"={DISK}" if k == "blk" else "") for n, k in enumerate(kinds)]
+    backend = Backend([spec for spec, k in zip(specs, kinds, strict=True) if k in run])
     checks: dict[str, Callable[[], str]] = {
         "rng": check_rng,
         "blk": check_blk,
-        "console": lambda: check_console(backend),
+        "console": check_console,
         "i2c": check_i2c,
     }
     failed = bool(missing)
@@ -248,6 +266,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    rc = main(sys.argv[1:])
-    print("\nVMSG-END", flush=True)
-    sys.exit(rc)
+    sys.exit(main(sys.argv[1:]))

@@ -54,6 +54,9 @@ mount -t tmpfs tmpfs /tmp
 echo "VMSG-BOOT $(uname -r)"
 PYTHONPATH=/{site} /usr/bin/python3.11 -m virtio_msg.guest.inguest {devices}
 echo "VMSG-RC $?"
+echo "VMSG-DMESG"
+dmesg
+echo "VMSG-END"
 sync
 poweroff -f
 """
