@@ -125,10 +125,12 @@ class SocketBus:
         self.bus.close()
 
 
-def _vhost_backend(vhost_sock: Path, bus_sock: Path, dev_num: int) -> subprocess.Popen[str]:
+def _vhost_backend(
+    vhost_sock: Path, bus_sock: Path, dev_num: int, *extra: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "virtio_msg", "backend", "vhost-user", "--socket", str(vhost_sock),
-         "--bus", str(bus_sock), "--dev-num", str(dev_num), "--json"],
+         "--bus", str(bus_sock), "--dev-num", str(dev_num), "--json", *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -213,3 +215,37 @@ def test_run_refuses_socket_with_vhost_user(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "--socket and --vhost-user cannot be combined" in proc.stderr
     assert "all devices ok" not in proc.stdout
+
+
+def test_backend_vhost_user_reconnects_when_qsd_is_killed_and_restarted(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "disk.img", 4 * MiB, PATTERN)
+    sb = SocketBus(tmp_path / "bus")
+    proc: subprocess.Popen[str] | None = None
+    try:
+        with storage_daemon(tmp_path, image) as qsd:
+            proc = _vhost_backend(qsd.socket, sb.server.path, 6, "--reconnect", "60")
+            assert sb.wait(sb.added, 6), "device 6 was never added"
+            entry = sb.bus.device(6)
+            assert entry is not None and isinstance(entry.driver, BlkDriver), entry
+            entry.driver.write(8192, b"before the back end died")
+            entry.driver.flush()
+            qsd.kill(signal.SIGKILL)
+            assert sb.wait(sb.removed, 6), "device 6 was not removed after its back end died"
+        with sb.cv:
+            sb.added.clear()
+        with storage_daemon(tmp_path, image):
+            assert sb.wait(sb.added, 6), "device 6 did not come back with its back end"
+            entry = sb.bus.device(6)
+            assert entry is not None and isinstance(entry.driver, BlkDriver), entry
+            assert entry.driver.read(8192, 24) == b"before the back end died"  # data intact
+            assert entry.driver.read(1000, 200) == (PATTERN * 1000)[1000:1200]
+            os.kill(proc.pid, signal.SIGTERM)
+            code, out, err = _finish(proc)
+            assert code == 0, err
+            events = [json.loads(line)["event"] for line in out.splitlines()]
+            assert events == ["added", "removed", "reconnected", "added", "removed"], events
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+        sb.close()

@@ -6,8 +6,9 @@ device models and serves them until the bus goes away or it is interrupted
 (the devices are then REMOVEd).  ``virtio-msg backend vhost-user --socket
 PATH ...`` does the same for one device whose implementation is a vhost-user
 back end (qemu-storage-daemon, virtiofsd, DPDK); it exits 1 if the back end
-goes away.  Since ``backend`` takes device names as positionals, the
-vhost-user form has its own parser (:func:`main_vhost_user`).
+goes away, or, with ``--reconnect S``, REMOVEs the device, reconnects (within
+S seconds) when the back end is back and ADDs it again.  Since ``backend``
+takes device names as positionals, the vhost-user form has its own parser (:func:`main_vhost_user`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,14 @@ from virtio_msg.compose.vhost import VhostSpec, parse_int
 from virtio_msg.devices.catalog import make_device
 from virtio_msg.errors import VirtioMsgError
 from virtio_msg.vhost import PROFILES
-from virtio_msg.vhost.device import DEFAULT_FS_TAG, DEFAULT_QUEUE_SIZE
+from virtio_msg.vhost.device import DEFAULT_FS_TAG, DEFAULT_QUEUE_SIZE, VhostUserDevice
 from virtio_msg.vhost.frontend import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT
 
 WAIT_SLICE = 0.5
 """The vhost-user serving loop re-checks its exit conditions this often, seconds."""
+RECONNECT_SLICE = 0.2
+"""Pause between reconnection attempts to a vhost-user back end, seconds."""
+log = logging.getLogger(__name__)
 
 
 def cmd_backend(args: argparse.Namespace) -> int:
@@ -155,10 +160,41 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
 # --- virtio-msg backend vhost-user ------------------------------------------------------------
 
 
+def _open_vhost(
+    spec: VhostSpec, args: argparse.Namespace, stop: threading.Event, gone: list[str]
+) -> VhostUserDevice:
+    """Connect to the back end; its loss appends the reason to ``gone`` and sets ``stop``."""
+    device = spec.open(timeout=args.reply_timeout, connect_timeout=args.connect_timeout)
+
+    def on_disconnect(reason: str) -> None:
+        gone.append(reason)
+        stop.set()
+
+    device.on_disconnect.append(on_disconnect)
+    return device
+
+
+def _reopen_vhost(
+    spec: VhostSpec, args: argparse.Namespace, stop: threading.Event, gone: list[str],
+    interrupted: threading.Event,
+) -> VhostUserDevice | None:
+    """Retry connecting for at most ``--reconnect`` seconds; None when it never came back."""
+    deadline = time.monotonic() + args.reconnect
+    while not interrupted.is_set():
+        try:
+            return _open_vhost(spec, args, stop, gone)
+        except (VirtioMsgError, ValueError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "vhost-user %s: not back after %s s: %s", spec.socket, args.reconnect, exc
+                )
+                return None
+        interrupted.wait(RECONNECT_SLICE)
+    return None
+
+
 def cmd_vhost_user(args: argparse.Namespace) -> int:
     """Serve one vhost-user device to a running bus (see the module docstring)."""
-    from virtio_msg.bus.client import connect
-
     out = Output(args.json, args.quiet)
     spec = VhostSpec(
         socket=str(args.socket),
@@ -169,19 +205,14 @@ def cmd_vhost_user(args: argparse.Namespace) -> int:
         queues=args.queues,
         queue_size=args.queue_size,
     )
+    stop = threading.Event()
+    interrupted = threading.Event()
+    gone: list[str] = []
     try:
-        device = spec.open(timeout=args.reply_timeout, connect_timeout=args.connect_timeout)
+        device = _open_vhost(spec, args, stop, gone)
     except (VirtioMsgError, ValueError) as exc:
         out.error(f"vhost-user {args.socket}: {exc}")
         return 1
-    stop = threading.Event()
-    gone: list[str] = []
-
-    def on_disconnect(reason: str) -> None:
-        gone.append(reason)
-        stop.set()
-
-    device.on_disconnect.append(on_disconnect)
     try:
         client = connect(args.bus, timeout=args.connect_timeout)
     except VirtioMsgError as exc:
@@ -189,36 +220,66 @@ def cmd_vhost_user(args: argparse.Namespace) -> int:
         out.error(f"bus {args.bus}: {exc}")
         return 1
     status = 0
+    current: VhostUserDevice | None = device
     try:
-        with stop_on_signals(stop):
-            try:
-                client.serve(args.dev_num, device)
-            except (VirtioMsgError, ValueError) as exc:
-                out.error(f"device {args.dev_num}: {exc}")
-                return 1
-            out.emit(
-                f"device {args.dev_num} added: {device.name} from {args.socket} "
-                f"(features {device.offered_features:#x}, {device.num_queues} queues)",
-                event="added", dev_num=args.dev_num, type=device.profile.name,
-                socket=str(args.socket), features=device.offered_features,
-                queues=device.num_queues,
-            )
-            while not stop.is_set():
-                if client.wait(WAIT_SLICE):
+        with stop_on_signals(interrupted):
+            while current is not None:
+                status = _serve_vhost(out, args, client, current, stop, interrupted, gone)
+                current.close()
+                lost = bool(gone) and client.connected
+                if status != 1 or not lost or not args.reconnect or interrupted.is_set():
+                    break
+                stop.clear()
+                gone.clear()
+                current = _reopen_vhost(spec, args, stop, gone, interrupted)
+                if current is not None:
                     out.emit(
-                        f"bus closed the connection: {client.reason}",
-                        event="disconnected", reason=client.reason,
+                        f"vhost-user back end {args.socket} is back: serving device "
+                        f"{args.dev_num} again", event="reconnected", dev_num=args.dev_num,
                     )
-                    return 0
-            if gone:
-                out.error(f"device {args.dev_num}: {gone[0]}; removing it")
-                status = 1
-            with contextlib.suppress(VirtioMsgError, ValueError):
-                client.withdraw(args.dev_num)
-            out.emit(f"device {args.dev_num} removed", event="removed", dev_num=args.dev_num)
+                    status = 0
     finally:
-        device.close()
+        if current is not None:
+            current.close()
         client.close()
+    return status
+
+
+def _serve_vhost(
+    out: Output, args: argparse.Namespace, client: BackendClient, device: VhostUserDevice,
+    stop: threading.Event, interrupted: threading.Event, gone: list[str],
+) -> int:
+    """ADD ``device``, serve it until the bus, the back end or a signal ends it; the status.
+
+    Returns 0 when interrupted or the bus went away, 1 when the device could
+    not be added or its back end went away (``gone`` then holds the reason).
+    """
+    try:
+        client.serve(args.dev_num, device)
+    except (VirtioMsgError, ValueError) as exc:
+        out.error(f"device {args.dev_num}: {exc}")
+        return 1
+    out.emit(
+        f"device {args.dev_num} added: {device.name} from {args.socket} "
+        f"(features {device.offered_features:#x}, {device.num_queues} queues)",
+        event="added", dev_num=args.dev_num, type=device.profile.name,
+        socket=str(args.socket), features=device.offered_features,
+        queues=device.num_queues,
+    )
+    while not stop.is_set() and not interrupted.is_set():
+        if client.wait(WAIT_SLICE):
+            out.emit(
+                f"bus closed the connection: {client.reason}",
+                event="disconnected", reason=client.reason,
+            )
+            return 0
+    status = 0
+    if gone:
+        out.error(f"device {args.dev_num}: {gone[0]}; removing it")
+        status = 1
+    with contextlib.suppress(VirtioMsgError, ValueError):
+        client.withdraw(args.dev_num)
+    out.emit(f"device {args.dev_num} removed", event="removed", dev_num=args.dev_num)
     return status
 
 
@@ -270,6 +331,11 @@ def add_vhost_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="S",
         help=f"bound on connecting to either socket (default {DEFAULT_CONNECT_TIMEOUT} s)",
+    )
+    p.add_argument(
+        "--reconnect", type=float, default=0.0, metavar="S",
+        help="when the back end goes away, REMOVE the device and keep trying to reconnect "
+        "for up to S seconds, then ADD it again (default 0: exit 1 instead)",
     )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     p.add_argument("--quiet", action="store_true", help="print errors only")
