@@ -126,13 +126,15 @@ def run(
     sent: Counter[str] = Counter()
     reads = 0
     start = time.monotonic()
+    log = logging.getLogger("virtio_msg")
+    level = log.level
     try:
         good = connect(tmp / "bus.sock")
         good.serve(GOOD, RngDevice(seed=1))
         entry = bus.device(GOOD)
         if entry is None or not isinstance(entry.driver, RngDriver):
             raise RuntimeError("the good backend's rng device did not probe")
-        logging.getLogger("virtio_msg").setLevel(logging.ERROR)  # hostile probes fail by design
+        log.setLevel(logging.ERROR)  # hostile probes fail by design (restored at the end)
         driver = entry.driver
         bad = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         bad.settimeout(WAIT)
@@ -174,6 +176,7 @@ def run(
             "seconds": round(time.monotonic() - start, 1),
         }
     finally:
+        log.setLevel(level)
         server.close()
         bus.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,8 +1,8 @@
 """Short versions of the fault and soak runs (docs/reliability.md), run in CI.
 
 REMOVE/ADD cycles with verified blk I/O in flight (no deadlock: every cycle
-bounded; no lost write; the rng device on another number keeps working), the
-mixed soak, and kill -9 of a blk backend process.  Leak bounds: descriptors,
+bounded; no lost write; the rng device on another number keeps working) and
+the mixed soak.  Leak bounds: descriptors,
 counted after a garbage collection, may grow by 2 at most; RSS by 8 MiB.
 """
 
@@ -41,10 +41,3 @@ def test_mixed_soak_short_has_no_errors_mismatches_or_leaks(mode: str) -> None:
     assert summary["errors"] == 0 and summary["mismatches"] == 0
     assert summary["fds_end"] <= summary["fds_start"] + 2
     assert summary["rss_kib_end"] - summary["rss_kib_start"] <= 8 * 1024
-
-
-def test_kill_9_of_a_blk_backend_fails_in_flight_io_in_bounds_and_keeps_data() -> None:
-    kill = _load("kill_backend")
-    summary = kill.run(3, seed=16)
-    assert summary["within_bound"], summary  # in-flight requests failed within timeout + 10 %
-    assert summary["sectors_verified_after_restarts"] > 0  # acknowledged writes survived

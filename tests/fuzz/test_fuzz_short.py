@@ -10,6 +10,7 @@ backend keeps serving.  The long runs are commands, not tests.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import random
 import subprocess
@@ -76,8 +77,10 @@ def test_socket_flood_every_frame_counted_and_the_good_backend_keeps_working(
     profile: str,
 ) -> None:
     flood = _load("socket_flood")
+    level = logging.getLogger("virtio_msg").level
     summary = flood.run(profile, 3000, seed=16, check_every=250)
     assert summary["accounted"] == 3000  # every hostile frame reached the channel's counters
     assert summary["connected"]  # limits raised: the flood is survived, not cut off
     assert summary["good_reads"] == 3000 // 250 + 1
     assert summary["channel_malformed"] > 0 and summary["bus_dropped"]
+    assert logging.getLogger("virtio_msg").level == level  # later tests still see warnings
