@@ -4,7 +4,8 @@ Strategy: the same hardening as the split :class:`~virtio_msg.virtqueue.DeviceQu
 :meth:`PackedDeviceQueue.create` is the one validating constructor (size
 1..32768 within the device maximum, descriptor ring 16-aligned, event areas
 4-aligned, all inside the region).  :meth:`PackedDeviceQueue.pop` reads the
-descriptor at the device's position once; it is available when its AVAIL bit
+descriptor at the device's position once, its flags first and alone (the
+driver writes them last); it is available when its AVAIL bit
 equals the device's avail wrap counter and its USED bit differs.  The chain
 that starts there is walked in ring order (wrapping at the end, toggling the
 counter), every descriptor read once and checked: each one available, at most
@@ -70,6 +71,8 @@ from virtio_msg.virtqueue.packed_layout import (
     EVENT_SUPPRESSION,
     PACKED_DESC,
     PACKED_DESC_ALIGN,
+    PACKED_DESC_BODY,
+    PACKED_FLAGS_OFFSET,
     RING_EVENT_FLAGS_DESC,
     RING_EVENT_FLAGS_DISABLE,
     RING_EVENT_FLAGS_ENABLE,
@@ -225,9 +228,13 @@ class PackedDeviceQueue:
         region = self._region
         pos = self._next_avail
         wrap = self._avail_wrap
-        addr, length, buf_id, flags = region.unpack(PACKED_DESC, self._desc + _DESC_SIZE * pos)
+        at = self._desc + _DESC_SIZE * pos
+        # The flags alone first: the driver writes them last, so a descriptor read
+        # whole could pair new flags with the previous lap's addr and len.
+        flags = region.read_u16(at + PACKED_FLAGS_OFFSET)
         if not self._is_avail(flags, wrap):
             return None
+        addr, length, buf_id = region.unpack(PACKED_DESC_BODY, at)
         try:
             chain, count, end, end_wrap = self._walk(pos, wrap, addr, length, buf_id, flags)
         except DriverViolation as exc:
@@ -288,11 +295,13 @@ class PackedDeviceQueue:
                 wrap ^= 1
             if not flags & VIRTQ_DESC_F_NEXT:
                 break
-            addr, length, buf_id, flags = region.unpack(PACKED_DESC, self._desc + _DESC_SIZE * pos)
+            at = self._desc + _DESC_SIZE * pos
+            flags = region.read_u16(at + PACKED_FLAGS_OFFSET)
             if not self._is_avail(flags, wrap):
                 raise ChainDescriptorNotAvailable(
                     f"chain at {start} continues into descriptor {pos}, which is not available"
                 )
+            addr, length, buf_id = region.unpack(PACKED_DESC_BODY, at)
         if rlen + wlen >= MAX_CHAIN_BYTES:
             raise ChainTooLarge(f"chain at {start} totals {rlen + wlen} bytes (>= 2**32)")
         if buf_id in self._in_flight:

@@ -47,6 +47,8 @@ from virtio_msg.virtqueue.layout import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT
 from virtio_msg.virtqueue.packed_layout import (
     EVENT_SUPPRESSION,
     PACKED_DESC,
+    PACKED_DESC_BODY,
+    PACKED_FLAGS_OFFSET,
     RING_EVENT_FLAGS_DESC,
     RING_EVENT_FLAGS_DISABLE,
     RING_EVENT_FLAGS_ENABLE,
@@ -343,12 +345,14 @@ class PackedDriverQueue:
     def _pop_used(self) -> tuple[object, bytes] | None:
         region = self._region
         pos = self._last_used
-        _addr, length, buf_id, flags = region.unpack(
-            PACKED_DESC, self._layout.desc + _DESC_SIZE * pos
-        )
+        at = self._layout.desc + _DESC_SIZE * pos
+        # The flags alone first: the device writes them last, so a descriptor read
+        # whole could pair the used flags with our own stale id and len.
+        flags = region.read_u16(at + PACKED_FLAGS_OFFSET)
         want = _BOTH if self._used_wrap else 0
         if flags & _BOTH != want:
             return None
+        _addr, length, buf_id = region.unpack(PACKED_DESC_BODY, at)
         if buf_id >= self._size:
             raise UsedIdOutOfRange(
                 f"queue {self._index}: used descriptor {pos} has id {buf_id} >= size {self._size}"

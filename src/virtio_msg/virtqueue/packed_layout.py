@@ -36,6 +36,8 @@ __all__ = [
     "EVENT_SUPPRESSION",
     "PACKED_DESC",
     "PACKED_DESC_ALIGN",
+    "PACKED_DESC_BODY",
+    "PACKED_FLAGS_OFFSET",
     "RING_EVENT_FLAGS_DESC",
     "RING_EVENT_FLAGS_DISABLE",
     "RING_EVENT_FLAGS_ENABLE",
@@ -61,6 +63,10 @@ RING_EVENT_FLAGS_DESC: Final = 2
 
 PACKED_DESC: Final = struct.Struct("<QIHH")
 """One packed descriptor: addr, len, id, flags."""
+PACKED_DESC_BODY: Final = struct.Struct("<QIH")
+"""A packed descriptor without its flags: addr, len, id (read only after the flags)."""
+PACKED_FLAGS_OFFSET: Final = 14
+"""Offset of the flags in a packed descriptor: read them first, alone (§2.8.21-22)."""
 EVENT_SUPPRESSION: Final = struct.Struct("<HH")
 """One event suppression structure: off_wrap (bit 15 = wrap counter), flags."""
 PACKED_DESC_ALIGN: Final = 16
