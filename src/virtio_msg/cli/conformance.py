@@ -144,8 +144,8 @@ def cmd_driver(args: argparse.Namespace) -> int:
                 print(f"{name:30} [{','.join(ids)}]")
         return 0
     if args.kernel:
-        print("error: the kernel channel is not available in this version, so the driver "
-              "suite cannot sit behind it yet", file=sys.stderr)
+        print("error: conformance driver --kernel is not built yet: the driver suite does "
+              "not run behind the kernel channel (virtio-msg backend --kernel)", file=sys.stderr)
         return 2
     types = [t for t in args.types.split(",") if t]
     try:
