@@ -18,8 +18,8 @@ from __future__ import annotations
 import struct
 import sys
 
-from virtio_msg.memory import Region
 from virtio_msg.spec import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED
+from virtio_msg.testing import SpyRegion
 from virtio_msg.virtqueue import (
     DeviceQueue,
     DriverViolation,
@@ -37,16 +37,6 @@ HEADER = struct.Struct("<BBBHHBHHHQQQ")
 """size index, feature bits, address mode, start, avail_idx, steps, 3 area slots, 3 raw addrs."""
 
 
-class SpyRegion(Region):
-    """A Region that records every bounds-checked access (address, length)."""
-
-    __slots__ = ("accesses",)
-
-    def _offset(self, addr: int, length: int) -> int:
-        if not hasattr(self, "accesses"):
-            self.accesses: list[tuple[int, int]] = []
-        self.accesses.append((addr, length))
-        return super()._offset(addr, length)
 
 
 def _fill(data: bytes) -> bytes:

@@ -7,6 +7,8 @@ in-process backend.  Users test their own device models the same way.  For
 long runs (the fault and soak scripts of docs/reliability.md),
 :func:`fd_count` and :func:`rss_kib` read this process's descriptors and
 resident memory from /proc, and :func:`progress` makes a rich progress bar.
+:class:`SpyRegion` records every bounds-checked access, so a hostile-ring test
+or fuzz run can prove that nothing was read or written outside the region.
 """
 
 from __future__ import annotations
@@ -199,4 +201,28 @@ def progress(enabled: bool | None = None) -> Progress:
     )
 
 
-__all__ = ["EnginePair", "GatedChannel", "fd_count", "make_bus", "progress", "rss_kib"]
+class SpyRegion(Region):
+    """A Region that records every bounds-checked access as ``(address, length)``."""
+
+    __slots__ = ("accesses",)
+
+    def _offset(self, addr: int, length: int) -> int:
+        if not hasattr(self, "accesses"):
+            self.accesses: list[tuple[int, int]] = []
+        self.accesses.append((addr, length))
+        return super()._offset(addr, length)
+
+    def reset_log(self) -> None:
+        """Forget the recorded accesses."""
+        self.accesses = []
+
+
+__all__ = [
+    "EnginePair",
+    "GatedChannel",
+    "SpyRegion",
+    "fd_count",
+    "make_bus",
+    "progress",
+    "rss_kib",
+]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from vq_testlib import SpyRegion
 
 from virtio_msg.memory import (
     DmaDirection,
@@ -16,6 +15,7 @@ from virtio_msg.memory import (
     Region,
 )
 from virtio_msg.spec import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
+from virtio_msg.testing import SpyRegion
 from virtio_msg.virtqueue import (
     DESC,
     USED_ELEM,

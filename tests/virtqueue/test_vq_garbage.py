@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from vq_testlib import SpyRegion
 
 from virtio_msg.spec import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED
+from virtio_msg.testing import SpyRegion
 from virtio_msg.virtqueue import (
     DESC,
     DeviceQueue,

@@ -107,19 +107,3 @@ class RawRing:
             self.region.write_u16(self.layout.avail_ring + 2 * slot, head)
             self.avail_idx = (self.avail_idx + 1) & 0xFFFF
         self.region.write_u16(self.layout.avail_idx, self.avail_idx)
-
-
-class SpyRegion(Region):
-    """A Region that records every bounds-checked access (address, length, ok)."""
-
-    __slots__ = ("accesses",)
-
-    def _offset(self, addr: int, length: int) -> int:
-        if not hasattr(self, "accesses"):
-            self.accesses: list[tuple[int, int]] = []
-        self.accesses.append((addr, length))
-        return super()._offset(addr, length)
-
-    def reset_log(self) -> None:
-        """Forget the recorded accesses."""
-        self.accesses = []
