@@ -31,12 +31,13 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-def _atheris(target: str, runs: int, tmp_path: Path) -> None:
+def _atheris(target: str, runs: int, tmp_path: Path, corpus: bool = False) -> None:
     pytest.importorskip("atheris")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    folders = [str(tmp_path / "corpus")] if corpus else []
     proc = subprocess.run(
         [sys.executable, str(FUZZ / target), f"-runs={runs}", "-max_len=1024", "-seed=1",
-         f"-artifact_prefix={tmp_path}/"],
+         f"-artifact_prefix={tmp_path}/", *folders],
         capture_output=True, text=True, timeout=300, env=env, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -44,7 +45,8 @@ def _atheris(target: str, runs: int, tmp_path: Path) -> None:
 
 
 def test_codec_fuzz_arbitrary_bytes_only_raise_malformed(tmp_path: Path) -> None:
-    _atheris("fuzz_codec.py", 10_000, tmp_path)
+    _atheris("fuzz_codec.py", 10_000, tmp_path, corpus=True)  # seeded with kernel-shaped frames
+    assert len(list((tmp_path / "corpus").iterdir())) > len(_load("fuzz_codec").SEEDS)
 
 
 def test_codec_fuzz_on_seeded_random_and_mutated_valid_inputs() -> None:
@@ -58,6 +60,20 @@ def test_codec_fuzz_on_seeded_random_and_mutated_valid_inputs() -> None:
         codec.one_input(rnd.randbytes(rnd.randrange(0, 80)))
         data = bytearray(rnd.choice(valid))
         data[rnd.randrange(len(data))] = rnd.getrandbits(8)
+        codec.one_input(bytes(data))
+
+
+def test_codec_fuzz_kernel_compat_on_mutated_and_truncated_kernel_frames() -> None:
+    """Kernel-shaped frames (44 bytes, the seed's wrong msg_size) cut and mutated."""
+    codec = _load("fuzz_codec")
+    rnd = random.Random(16)
+    for seed in codec.SEEDS:
+        for length in range(len(seed) + 1):
+            codec.one_input(seed[:length])  # every truncation, the short-count case included
+    for _ in range(1500):
+        data = bytearray(rnd.choice(codec.SEEDS))
+        for _ in range(rnd.randint(1, 3)):
+            data[rnd.randrange(6, len(data))] = rnd.getrandbits(8)  # keep the seed header
         codec.one_input(bytes(data))
 
 

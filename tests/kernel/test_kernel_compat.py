@@ -91,6 +91,20 @@ def test_compat_rule_touches_only_the_two_documented_sizes() -> None:
         COMPAT.decode(bytes(huge))
 
 
+@pytest.mark.parametrize(
+    ("msg_id", "size"), [(C.TransportMsg.SET_DRIVER_FEATURES, 14), (C.TransportMsg.SET_CONFIG, 18)]
+)
+def test_seed_size_in_a_frame_too_short_for_the_count_is_malformed_not_struct_error(
+    msg_id: int, size: int
+) -> None:
+    """Found by fuzz/fuzz_codec.py: the count field was read past the end of a short frame."""
+    for length in range(6, size):  # the count ends exactly at the seed size
+        frame = struct.pack("<BBHH", 0, msg_id, 0, size) + bytes(length - 6)
+        assert kernel_frame(frame) == frame
+        with pytest.raises(MalformedMessage):
+            COMPAT.decode(frame)
+
+
 def test_kernel_compat_exists_only_for_linux_rfc1() -> None:
     with pytest.raises(ValueError, match="linux-rfc1"):
         WireAdapter("spec", kernel_compat=True)

@@ -13,8 +13,9 @@ with msg_id SET_DRV_FEATURES and ``msg_size`` exactly 14, or msg_id
 SET_CONFIG and ``msg_size`` exactly 18, the true size is computed from the
 fields the kernel wrote (``num`` feature words, ``size`` config bytes); when
 that many bytes lie inside the frame, the frame is decoded as if ``msg_size``
-said so.  Anything else, and a claimed size past the frame, goes to the strict
-decoder unchanged (and is rejected there if it is wrong).
+said so.  Anything else, a frame too short to hold the count field, and a
+claimed size past the frame, goes to the strict decoder unchanged (and is
+rejected there if it is wrong).
 """
 
 from __future__ import annotations
@@ -51,13 +52,15 @@ def kernel_frame(data: Buffer) -> Buffer:
     msg_id = data[1]
     (size,) = _U16.unpack_from(data, 4)
     if msg_id == TransportMsg.SET_DRIVER_FEATURES and size == SEED_SET_FEATURES_SIZE:
-        (count,) = _U32.unpack_from(data, _HEADER + 4)
-        true_size = SEED_SET_FEATURES_SIZE + 4 * count
+        count_at, scale = _HEADER + 4, 4
     elif msg_id == TransportMsg.SET_CONFIG and size == SEED_SET_CONFIG_SIZE:
-        (count,) = _U32.unpack_from(data, _HEADER + 8)
-        true_size = SEED_SET_CONFIG_SIZE + count
+        count_at, scale = _HEADER + 8, 1
     else:
         return data
+    if n < count_at + 4:  # the count itself is not in the frame: strict decoder says why
+        return data
+    (count,) = _U32.unpack_from(data, count_at)
+    true_size = size + scale * count
     if true_size == size or true_size > n:
         return data
     fixed = bytearray(data)
