@@ -10,7 +10,10 @@ the best round (the machine is shared and noisy):
   and 32 (in-process loopback bus, ``BusParams(ring=...)``).
 
 The split figure is the baseline: ``split/packed`` above 1 means packed is
-faster.  Run as ``python benchmarks/bench_packed.py [--rounds 7]``.
+faster.  Run as ``python benchmarks/bench_packed.py [--rounds 7] [--json]``;
+with ``--json`` each figure is one JSON object (``benchmarks/figures.py``) whose
+value is the packed time, baseline the split time and ratio packed/split (below
+1: packed is faster).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import random
 import tempfile
 import time
 
+from figures import Figure, emit, figure
 from virtio_msg.bus import LoopbackBus, loopback_pair
 from virtio_msg.devices.blk import BlkDevice
 from virtio_msg.drivers import DRIVERS
@@ -97,8 +101,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--loops", type=int, default=40, help="device batches per round")
     parser.add_argument("--ops", type=int, default=1024, help="blk reads per round")
+    parser.add_argument("--json", action="store_true", help="one JSON object per figure")
     args = parser.parse_args()
-    print(f"packed vs split, best of {args.rounds} interleaved rounds (baseline: split)")
+    figures: list[Figure] = []
+    if not args.json:
+        print(f"packed vs split, best of {args.rounds} interleaved rounds (baseline: split)")
     for shape in ("one-desc", "long-direct", "long-indirect"):
         best = {False: float("inf"), True: float("inf")}
         for _ in range(args.rounds):
@@ -107,6 +114,10 @@ def main() -> None:
         n = args.loops * (CHAINS if shape == "one-desc" else 1)
         split_us = best[False] / n * 1e6
         packed_us = best[True] / n * 1e6
+        figures.append(figure(f"packed: device pop+add_used {shape}", packed_us, "us/chain",
+                              split_us))
+        if args.json:
+            continue
         print(
             f"  device pop+add_used {shape:13}  split {split_us:8.2f} us/chain  "
             f"packed {packed_us:8.2f} us/chain  split/packed {best[False] / best[True]:.2f}"
@@ -122,6 +133,11 @@ def main() -> None:
                     best_ring[ring] = min(best_ring[ring], blk_seconds(ring, qd, path, args.ops))
             split_k = args.ops / best_ring["split"] / 1000
             packed_k = args.ops / best_ring["packed"] / 1000
+            figures.append(figure(f"packed: blk rand-read-4k QD{qd} time per read",
+                                  best_ring["packed"] / args.ops * 1e6, "us",
+                                  best_ring["split"] / args.ops * 1e6))
+            if args.json:
+                continue
             print(
                 f"  blk rand-read-4k QD{qd:<2}            split {split_k:8.2f} kIOPS     "
                 f"packed {packed_k:8.2f} kIOPS     "
@@ -129,6 +145,8 @@ def main() -> None:
             )
     finally:
         os.unlink(path)
+    if args.json:
+        emit(figures, True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "scale": ("bench_scale.py", ["--requests", "3000", "--rounds", "3"]),
     "pool": ("bench_pool.py", ["--rounds", "3", "--budget", "0.01"]),
     "virtqueue": ("bench_virtqueue.py", ["--rounds", "3", "--budget", "0.01"]),
+    "packed": ("bench_packed.py", ["--rounds", "2", "--loops", "5", "--ops", "128"]),
     "blk": ("bench_blk.py", ["--size-mib", "8", "--ops", "500", "--repeat", "1"]),
     "socket": ("bench_socket.py", ["--requests", "1000", "--rounds", "3"]),
     "vhost-blk": ("bench_vhost_blk.py", ["--size-mib", "8", "--ops", "500", "--repeat", "1"]),
