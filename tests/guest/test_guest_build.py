@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import fdt  # type: ignore[import-untyped]
@@ -17,8 +19,10 @@ from virtio_msg.guest.boot import Check, GuestReport, parse_console, parse_devic
 from virtio_msg.guest.dtb import MachineOptions, add_loopback, build_guest_dtb
 from virtio_msg.guest.initramfs import (
     ARM64_PACKAGES,
+    PYTHON_DEPS,
     build_initramfs,
     cache_dir,
+    copy_python_packages,
     find_debs,
     write_cpio,
 )
@@ -157,3 +161,44 @@ def test_device_lists_are_validated() -> None:
         parse_devices("rng,net")
     with pytest.raises(ValueError, match="repeats"):
         parse_devices("rng,rng")
+
+
+def test_guest_packages_cover_the_runtime_dependencies() -> None:
+    """Every runtime dependency of the project is copied into the guest (dpkt was once missed)."""
+    from importlib.metadata import packages_distributions, requires
+
+    from packaging.requirements import Requirement
+
+    dists = {
+        Requirement(r).name.lower().replace("_", "-")
+        for r in requires("virtio-msg") or []
+        if "extra ==" not in r
+    }
+    copied = {
+        d.lower().replace("_", "-")
+        for name in PYTHON_DEPS
+        for d in packages_distributions().get(name, [])
+    }
+    assert dists <= copied, f"not copied into the guest: {sorted(dists - copied)}"
+
+
+def test_guest_entry_points_import_with_only_the_copied_packages(tmp_path: Path) -> None:
+    """The in-guest program and ``backend --kernel`` import with no site-packages but the copy."""
+    copy_python_packages(tmp_path)
+    code = (
+        "import sys; assert not any('site-packages' in p for p in sys.path), sys.path\n"
+        "import virtio_msg.guest.inguest, virtio_msg.cli, virtio_msg.cli.backend\n"
+        "import virtio_msg.bus.kernel\n"
+        "from virtio_msg.cli import main\n"
+        "sys.exit(main(['backend', '--help']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        env={"PYTHONPATH": str(tmp_path), "PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--kernel" in proc.stdout

@@ -92,6 +92,11 @@ def parse_devices(spec: str) -> list[str]:
     return kinds
 
 
+def guest_budget(timeout: float) -> float:
+    """The in-guest watchdog's bound: the timeout less room for boot, kernel log and poweroff."""
+    return max(10.0, timeout * 0.9 - 30.0)
+
+
 def kvm_usable() -> bool:
     """KVM works for an aarch64 guest only on an arm64 host with /dev/kvm accessible."""
     return platform.machine() in ("aarch64", "arm64") and os.access("/dev/kvm", os.R_OK | os.W_OK)
@@ -179,7 +184,7 @@ def run_guest(
     try:
         dtb, initrd = work / "guest.dtb", work / "initramfs.cpio.gz"
         dtb.write_bytes(build_guest_dtb(machine))
-        build_initramfs(initrd, devices)
+        build_initramfs(initrd, devices, budget=guest_budget(timeout))
         cmd = qemu_command(machine, image, dtb, initrd)
         (work / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
         text, finished = _boot(cmd, timeout, work / "console.log")

@@ -1,7 +1,7 @@
 """The checks the guest runs with the kernel's own drivers (executed inside the booted guest).
 
-``python3 -m virtio_msg.guest.inguest rng,blk,console,i2c`` is started by the
-initramfs' ``/init``.  It starts ``virtio-msg backend --kernel`` on the seed's
+``python3 -m virtio_msg.guest.inguest rng,blk,console,i2c [BUDGET]`` is started
+by the initramfs' ``/init``.  It starts ``virtio-msg backend --kernel`` on the seed's
 device files, waits (bounded) for each device's kernel driver to bind, then
 exercises it the way a user would: ``/dev/hwrng`` is read, ``/dev/vda`` is
 written and compared with the image file the backend serves (both ways, past
@@ -10,13 +10,18 @@ backend's echo console, and a ds1307 is instantiated on the virtio I2C adapter
 and read with ``hwclock``.  Every verdict is printed on the console as one
 ``VMSG-CHECK {json}`` line (``/init`` then prints the kernel log and
 ``VMSG-END``).  A missing kernel feature is a failed check naming the
-``CONFIG_`` option.
+``CONFIG_`` option.  A watchdog bounds the whole run by ``BUDGET`` seconds:
+when it is spent, the run ends with a failed ``complete`` check naming the step
+that was stuck, the backend's threads' tracebacks and, where the kernel has
+``CONFIG_MAGIC_SYSRQ``, its blocked tasks in the kernel log.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import subprocess
 import sys
 import termios
@@ -79,11 +84,66 @@ def bounded(fn: Callable[[], str], timeout: float) -> str:
     return box[0]
 
 
+class Watchdog:
+    """Ends the run when its budget is spent, saying which step was stuck and where."""
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.step = "start"
+        self.since = time.monotonic()
+        self.backend: Backend | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, name="watchdog", daemon=True).start()
+
+    def enter(self, step: str) -> None:
+        """Record the step now running."""
+        self.step, self.since = step, time.monotonic()
+
+    def stop(self) -> None:
+        """The run finished in time."""
+        self._done.set()
+
+    def _run(self) -> None:
+        if self._done.wait(self.budget):
+            return
+        stuck = time.monotonic() - self.since
+        backend = self.backend
+        if backend is not None and backend.proc.poll() is None:
+            backend.proc.send_signal(signal.SIGABRT)  # faulthandler prints its threads
+            with_timeout(lambda: backend.proc.wait(), 5)
+        sysrq = Path("/proc/sysrq-trigger")
+        if sysrq.exists():
+            with_timeout(lambda: sysrq.write_text("w\n"), 5)  # blocked tasks, into dmesg
+        sys.stdout.write("\nVMSG-LOG inguest threads:\n")
+        sys.stdout.flush()
+        faulthandler.dump_traceback(file=sys.stdout, all_threads=True)
+        if backend is not None:
+            log = bytes(backend.output[-6000:]).decode(errors="replace")
+            sys.stdout.write(f"\nVMSG-LOG backend output (last 6000 bytes):\n{log}\n")
+        emit(
+            "complete",
+            False,
+            f"the checks did not finish within {self.budget:.0f} s: the {self.step} step "
+            f"was stuck for {stuck:.0f} s (backend threads and the kernel log are in the "
+            "console log: --keep DIR)",
+        )
+        os._exit(3)
+
+
+def with_timeout(fn: Callable[[], object], timeout: float) -> None:
+    """Run ``fn`` in a daemon thread and wait for it at most ``timeout`` seconds."""
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    t.join(timeout)
+
+
 class Backend:
     """``virtio-msg backend --kernel`` in a child process, its output collected."""
 
-    def __init__(self, devices: list[str]) -> None:
-        cmd = [sys.executable, "-m", "virtio_msg", "backend", "--kernel", *devices]
+    def __init__(self, devices: list[str], argv: list[str] | None = None) -> None:
+        """Start the backend for ``devices`` (``argv`` replaces its command line)."""
+        cmd = [sys.executable, "-X", "faulthandler", "-m", "virtio_msg", "backend", "--kernel"]
+        cmd = argv if argv is not None else cmd + devices
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
@@ -225,8 +285,16 @@ def check_i2c() -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Run the checks for the comma-separated device list in ``argv[0]``."""
+    """Run the checks for the device list in ``argv[0]``, bounded by ``argv[1]`` seconds."""
     kinds = [k for k in (argv[0] if argv else "rng,blk,console,i2c").split(",") if k]
+    watchdog = Watchdog(float(argv[1]) if len(argv) > 1 else 3600.0)
+    try:
+        return _checks(kinds, watchdog)
+    finally:
+        watchdog.stop()
+
+
+def _checks(kinds: list[str], watchdog: Watchdog) -> int:
     emit("boot", True, f"init reached, kernel {os.uname().release}")
     if not LB.exists():
         emit("loopback", False, f"no {LB}: the kernel lacks {LB_OPTIONS}")
@@ -242,7 +310,9 @@ def main(argv: list[str]) -> int:
         with open(DISK, "wb") as img:
             img.truncate(DISK_SIZE)
     specs = [f"{n}:{k}" + (f"={DISK}" if k == "blk" else "") for n, k in enumerate(kinds)]
+    watchdog.enter("backend start")
     backend = Backend([spec for spec, k in zip(specs, kinds, strict=True) if k in run])
+    watchdog.backend = backend
     checks: dict[str, Callable[[], str]] = {
         "rng": check_rng,
         "blk": check_blk,
@@ -251,15 +321,20 @@ def main(argv: list[str]) -> int:
     }
     failed = bool(missing)
     for kind in run:
+        watchdog.enter(kind)
         if backend.proc.poll() is not None:
             emit(kind, False, f"backend exited ({backend.proc.returncode}): {backend.tail()}")
             failed = True
             continue
+        start = time.monotonic()
         try:
-            emit(kind, True, checks[kind]())
+            detail = checks[kind]()
+            emit(kind, True, f"{detail} ({time.monotonic() - start:.1f} s)")
         except Exception as exc:
-            emit(kind, False, f"{exc} [backend: {backend.tail()[-200:]}]")
+            took = time.monotonic() - start
+            emit(kind, False, f"{exc} after {took:.1f} s [backend: {backend.tail()[-200:]}]")
             failed = True
+    watchdog.enter("backend stop")
     status = backend.stop()
     emit("backend-exit", status == 0, f"backend exit status {status} after SIGTERM")
     return 1 if failed or status != 0 else 0

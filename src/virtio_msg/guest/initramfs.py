@@ -38,9 +38,19 @@ ARM64_PACKAGES: tuple[str, ...] = (
     "libcrypt1",
 )
 """Debian arm64 packages unpacked into the initramfs (bookworm names)."""
-PYTHON_DEPS: tuple[str, ...] = ("virtio_msg", "fdt", "rich", "markdown_it", "mdurl", "pygments")
+PYTHON_DEPS: tuple[str, ...] = (
+    "virtio_msg",
+    "fdt",
+    "dpkt",
+    "rich",
+    "markdown_it",
+    "mdurl",
+    "pygments",
+)
 """Import packages copied into the guest's ``dist-packages``: the project and its pure deps."""
 SITE = "usr/lib/python3/dist-packages"
+DEFAULT_BUDGET = 3600.0
+"""The in-guest watchdog's bound when the harness gives none (seconds)."""
 DEFAULT_CACHE = Path.home() / ".cache" / "virtio-msg" / "arm64-debs"
 """Where the install script downloads the arm64 packages (``VIRTIO_MSG_ARM64_CACHE`` overrides)."""
 
@@ -52,7 +62,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
 echo "VMSG-BOOT $(uname -r)"
-PYTHONPATH=/{site} /usr/bin/python3.11 -m virtio_msg.guest.inguest {devices}
+PYTHONPATH=/{site} /usr/bin/python3.11 -m virtio_msg.guest.inguest {devices} {budget}
 echo "VMSG-RC $?"
 echo "VMSG-DMESG"
 dmesg
@@ -93,8 +103,20 @@ def _copy_package(name: str, dest: Path) -> None:
     )
 
 
-def stage(root: Path, debs: Sequence[Path], devices: Sequence[str]) -> None:
-    """Fill ``root`` with the unpacked packages, the Python code and ``/init``."""
+def copy_python_packages(site: Path) -> None:
+    """Copy the project and its pure-Python runtime dependencies into ``site``."""
+    site.mkdir(parents=True, exist_ok=True)
+    for name in PYTHON_DEPS:
+        _copy_package(name, site)
+
+
+def stage(
+    root: Path, debs: Sequence[Path], devices: Sequence[str], budget: float = DEFAULT_BUDGET
+) -> None:
+    """Fill ``root`` with the unpacked packages, the Python code and ``/init``.
+
+    ``budget`` bounds the in-guest checks (seconds, from the start of ``/init``).
+    """
     for deb in debs:
         proc = subprocess.run(
             ["dpkg-deb", "-x", str(deb), str(root)],
@@ -107,12 +129,9 @@ def stage(root: Path, debs: Sequence[Path], devices: Sequence[str]) -> None:
             raise GuestSetupError(f"dpkg-deb -x {deb.name} failed: {proc.stderr.strip()}")
     for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/lintian"):
         shutil.rmtree(root / junk, ignore_errors=True)
-    site = root / SITE
-    site.mkdir(parents=True, exist_ok=True)
-    for name in PYTHON_DEPS:
-        _copy_package(name, site)
+    copy_python_packages(root / SITE)
     init = root / "init"
-    init.write_text(INIT.format(site=SITE, devices=",".join(devices)))
+    init.write_text(INIT.format(site=SITE, devices=",".join(devices), budget=f"{budget:.0f}"))
     init.chmod(0o755)
 
 
@@ -156,10 +175,16 @@ def write_cpio(root: Path, dest: Path) -> int:
     return count
 
 
-def build_initramfs(dest: Path, devices: Sequence[str], cache: Path | None = None) -> int:
+def build_initramfs(
+    dest: Path,
+    devices: Sequence[str],
+    cache: Path | None = None,
+    *,
+    budget: float = DEFAULT_BUDGET,
+) -> int:
     """Build the guest's initramfs at ``dest``; the number of archive entries."""
     debs = find_debs(cache or cache_dir())
     with tempfile.TemporaryDirectory(prefix="vmsg-initramfs-") as tmp:
         root = Path(tmp)
-        stage(root, debs, devices)
+        stage(root, debs, devices, budget)
         return write_cpio(root, dest)
