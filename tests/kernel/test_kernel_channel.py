@@ -338,3 +338,37 @@ def test_remove_with_a_bound_driver_is_bounded_and_names_the_seed_defect() -> No
             ch.close()
     finally:
         kernel.close()
+
+
+@pytest.mark.parametrize("type_name", ["rng", "console"])
+def test_a_kick_is_answered_only_after_its_queue_was_processed(
+    kernel: SeedLoopback, channel: KernelChannel, type_name: str
+) -> None:
+    """The used ring is written before the kick returns to the kernel.
+
+    virtio_console polls the used ring right after a kick with a spinlock held
+    (__send_control_msg, put_chars); on a one-CPU guest the backend never runs
+    again, so an answer sent before the processing froze the real kernel.
+    """
+    model = make_device(type_name)
+    events: list[str] = []
+    notify = model.queue_notify
+
+    def traced_notify(index: int, queue: object) -> None:
+        notify(index, queue)  # type: ignore[arg-type]
+        events.append("processed")
+
+    model.queue_notify = traced_notify  # type: ignore[method-assign]
+    write = kernel._write
+
+    def traced_write(data: bytes) -> int:
+        if data[:2] == bytes((0x01, TransportMsg.EVENT_AVAIL)):
+            events.append("answered")
+        return write(data)
+
+    kernel._write = traced_write  # type: ignore[method-assign]
+    channel.serve(0, model)
+    assert _driver(kernel, 0).selftest()  # type: ignore[attr-defined]
+    assert events.count("answered") >= 1
+    pairs = [events[i : i + 2] for i in range(0, len(events), 2)]
+    assert all(p == ["processed", "answered"] for p in pairs), events

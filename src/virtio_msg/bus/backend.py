@@ -44,14 +44,24 @@ class Backend:
     """Serves device models on one bus (device side of the loopback)."""
 
     def __init__(
-        self, region: Region, params: BusParams | None = None, *, kernel_compat: bool = False
+        self,
+        region: Region,
+        params: BusParams | None = None,
+        *,
+        kernel_compat: bool = False,
+        answer_kicks_first: bool = True,
     ) -> None:
         """Use ``region`` (this process's view of the bus region) and the bus parameters.
 
         ``kernel_compat`` (linux-rfc1 only) accepts the seed kernel's wrong
         ``msg_size`` values (:mod:`virtio_msg.wire.compat`).
+        ``answer_kicks_first`` (linux-rfc1): answer a kick before processing the
+        queue (the project's own buses, where the processing's events reach the
+        driver at once), or after it (a real kernel, whose drivers may poll the
+        used ring the moment the kick returns, without letting this process run).
         """
         self.region = region
+        self.answer_kicks_first = answer_kicks_first
         self.params = params or BusParams()
         self.adapter = WireAdapter(
             self.params.profile, self.params.max_size, kernel_compat=kernel_compat
@@ -124,15 +134,22 @@ class Backend:
         if transport is None:
             self.dropped["unknown-device"] += 1
             return
-        if self.adapter.rfc1 and type(msg) is S.EventAvail and self.port is not None:
+        kick = self.adapter.rfc1 and type(msg) is S.EventAvail
+        if kick and self.answer_kicks_first and self.port is not None:
             # linux-rfc1 compatibility: the seed's bus waits for an answer to
-            # every message, kicks included (linux-rfc1.md 4.1).  The answer goes
-            # first: a kick the processing causes (a driver re-posting buffers
-            # from its used-buffer callback) must not overtake it.
+            # every message, kicks included (linux-rfc1.md 4.1).  On the
+            # project's own buses the answer goes first: a kick the processing
+            # causes (a driver re-posting buffers from its used-buffer callback)
+            # must not overtake it.
             self.port.send(self.adapter.encode(R.EventAvailResp(dev_num=msg.dev_num)))
         resp = transport.handle(msg)
         if resp is not None and self.port is not None:
             self.port.send(self.adapter.encode(resp))
+        if kick and not self.answer_kicks_first and self.port is not None:
+            # A real kernel: the used ring is written before the kick returns.
+            # virtio_console polls it right after the kick with a spinlock held;
+            # on one CPU this process would never run again (docs/kernel.md).
+            self.port.send(self.adapter.encode(R.EventAvailResp(dev_num=msg.dev_num)))
 
 
 __all__ = ["Backend", "BusPort"]

@@ -306,7 +306,7 @@ class KernelChannel:
             self.lb.close()
             raise
         params = BusParams(profile="linux-rfc1", max_msg_size=KERNEL_FRAME_SIZE)
-        self.backend = Backend(self.region, params, kernel_compat=True)
+        self.backend = Backend(self.region, params, kernel_compat=True, answer_kicks_first=False)
         self.backend.attach(self)
         self._reader = threading.Thread(target=self._read_loop, name="kernel-reader", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name="kernel-writer", daemon=True)
