@@ -130,6 +130,45 @@ def test_requests_from_many_threads_complete(lead_ms: float) -> None:
         assert h.bus.dropped == {}
 
 
+@pytest.mark.parametrize("lead_ms", [0.0, 10.0])
+def test_bus_ping_completes_by_the_leader_or_the_reader(lead_ms: float) -> None:
+    """BUS-60: each PING gets its own echo, read by the pinging thread or the reader thread."""
+    with bus_harness(BusParams(timeout_ms=3000), SocketLimits(lead_window_ms=lead_ms)) as h, \
+            connect(h.path) as c:
+        c.serve(0, RngDevice())
+        channel = h.server.channels()[0]
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                for i in range(30):
+                    assert channel.ping(data=i) > 0
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        assert failures == []
+        assert channel.received["bus"] == 90
+        assert channel.malformed == 0
+
+
+def test_bus_ping_to_a_backend_that_never_answers_times_out(harness: BusHarness) -> None:
+    """Every wait is bounded: a PING nobody answers raises TransportError("timeout")."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.connect(str(harness.path))
+        _announce(sock)
+        channel = harness.server.channels()[0]
+        with pytest.raises(TransportError) as info:
+            channel.ping(timeout=0.2)
+        assert info.value.kind == "timeout"
+        assert channel.connected  # silence is not a violation; the next PING still works
+        assert sock.recv(100)  # the PING really was sent
+
+
 # --- ADD / REMOVE statuses -------------------------------------------------------------------
 
 

@@ -63,6 +63,24 @@ class ChannelHost(Protocol):
         """Drop a connection that has been torn down."""
 
 
+class _PingWaiter:
+    """The one PING in flight: completed by whichever thread reads its response.
+
+    The thread that sends the PING usually reads the response itself (it leads
+    the socket while it waits), so ``event`` is made only when the response has
+    not arrived by the time :meth:`SocketChannel.deliver` returns; ``done`` and
+    ``event`` change under the channel's waiter lock.
+    """
+
+    __slots__ = ("data", "done", "event", "token")
+
+    def __init__(self, token: int, data: int) -> None:
+        self.token = token
+        self.data = data
+        self.done = False
+        self.event: threading.Event | None = None
+
+
 # --- one connection ------------------------------------------------------------------------
 
 
@@ -109,7 +127,8 @@ class SocketChannel:
         self._sock_closed = False
         # PING from the bus, one at a time.
         self._ping_lock = threading.Lock()
-        self._ping: tuple[int, int, threading.Event] | None = None
+        self._ping: _PingWaiter | None = None
+        self._wait_lock = threading.Lock()
         self._ping_token = 0
         # Accounting and limits.
         self.requests_sent = 0
@@ -220,15 +239,18 @@ class SocketChannel:
         with self._ping_lock:
             self._ping_token = self._ping_token % 0xFFFF + 1
             token = 0 if self._rfc1 else self._ping_token
-            done = threading.Event()
-            self._ping = (token, data & 0xFFFFFFFF, done)
+            waiter = self._ping = _PingWaiter(token, data & 0xFFFFFFFF)
             try:
                 t0 = time.perf_counter()
                 self.deliver(self.bus.adapter.encode(S.Ping(data & 0xFFFFFFFF, token=token)))
-                if not done.wait(limit):
-                    raise TransportError(
-                        "timeout", f"{self.name}: no PING response within {limit:.3f} s"
-                    )
+                if not waiter.done:  # the reader thread will complete it: wait for that
+                    with self._wait_lock:
+                        if not waiter.done:
+                            waiter.event = threading.Event()
+                    if waiter.event is not None and not waiter.event.wait(limit):
+                        raise TransportError(
+                            "timeout", f"{self.name}: no PING response within {limit:.3f} s"
+                        )
                 return time.perf_counter() - t0
             finally:
                 self._ping = None
@@ -443,7 +465,8 @@ class SocketChannel:
                 )
                 return
             self._to_bus(data)
-            if self._lead_key is not None and self._key(data, 0) == self._lead_key:
+            key = self._lead_key
+            if key is not None and key == self._key(data, 0):
                 self._lead_done = True
         elif msg_id & C.MSG_ID_EVENT:
             self._dispatch_event(data)
@@ -488,10 +511,15 @@ class SocketChannel:
         if typ & C.TYPE_RESPONSE:
             if type(msg) is S.PingResp:
                 ping = self._ping
-                if ping is not None and (msg.token, msg.data) == ping[:2]:
+                if ping is not None and (msg.token, msg.data) == (
+                    ping.token, ping.data
+                ):
                     self.received["bus"] += 1
                     self.responses_received += 1
-                    ping[2].set()
+                    with self._wait_lock:
+                        ping.done = True
+                        if ping.event is not None:
+                            ping.event.set()
                     if self._lead_key is not None and self._key(data, C.TYPE_BUS) == self._lead_key:
                         self._lead_done = True
                     return

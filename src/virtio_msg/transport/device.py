@@ -131,6 +131,7 @@ class DeviceTransport:
         self._lock = threading.RLock()
         self._depth = 0
         self._outbox: list[Message] = []
+        self._guard = _EngineLock(self)  # stateless (the depth is ours): one for every message
         self.discarded: Counter[str] = Counter()
         """Messages discarded, by reason (malformed, unsupported, wrong direction...)."""
         self.handled: Counter[str] = Counter()
@@ -142,7 +143,7 @@ class DeviceTransport:
 
     def _locked(self) -> _EngineLock:
         """The engine lock; events queued under it are emitted after release."""
-        return _EngineLock(self)
+        return self._guard
 
     def _event(self, msg: Message) -> None:
         self._outbox.append(msg)

@@ -15,11 +15,15 @@ back to it.  Nothing here decides validity on its own.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from virtio_msg.wire._layout import Layout, Tail, u32_array
+from virtio_msg.wire._layout import Layout, Tail
+
+TAIL_STRUCTS: Final = 64
+"""Tail lengths whose precompiled struct a layout keeps (the common ones are few)."""
 
 Encoder = Callable[[Any], bytes | None]
 Decoder = Callable[[Any], Any]
@@ -51,15 +55,15 @@ def make_encoder(lay: Layout, header_fmt: str, has_token: bool, max_size: int) -
             "        return None",
         ]
     else:
+        # One precompiled struct per tail length (header, fixed part and tail in one
+        # format, like the bare baseline): one pack call, no concatenation.
         tail = names[-1]
         count = f"f{lay.count_index}"
+        args = ", ".join([*fixed, f"*{tail}" if lay.tail is Tail.U32_ARRAY else tail])
         if lay.tail is Tail.U32_ARRAY:
             lines += [
                 f"    if {tail}.__class__ is not tuple or len({tail}) != {count}: return None",
-                "    try:",
-                f"        raw = _u32({count}).pack(*{tail})",
-                "    except (_error, TypeError, OverflowError):",
-                "        return None",
+                f"    size = {base} + 4 * {count}",
             ]
         else:
             lines += [
@@ -72,44 +76,65 @@ def make_encoder(lay: Layout, header_fmt: str, has_token: bool, max_size: int) -
                 lines.append(f"    if n and n != {count}: return None")
             else:
                 lines.append(f"    if n != ({count} + 7) >> 3: return None")
-            lines.append(f"    raw = {tail}")
+            lines.append(f"    size = {base} + n")
+        length = f"{count}" if lay.tail is Tail.U32_ARRAY else "n"
         lines += [
-            f"    size = {base} + len(raw)",
             f"    if size > {max_size}: return None",
             "    try:",
-            f"        return _pack({head}size, {', '.join(fixed)}) + raw",
+            f"        return _full({length}).pack({head}size, {args})",
             "    except (_error, TypeError, OverflowError):",
             "        return None",
         ]
-    namespace: dict[str, Any] = {"_pack": full.pack, "_error": struct.error, "_u32": u32_array}
+    code = "I" if lay.tail is Tail.U32_ARRAY else "s"
+    namespace: dict[str, Any] = {
+        "_pack": full.pack,
+        "_error": struct.error,
+        "_full": tail_structs(full.format + "{}" + code),
+    }
     exec("\n".join(lines), namespace)
     encoder: Encoder = namespace["enc"]
     return encoder
 
 
+def tail_structs(template: str) -> Callable[[int], struct.Struct]:
+    """Precompiled structs of ``template`` (a format with one ``{}`` for the tail length).
+
+    Built on first use and cached per length (at most :data:`TAIL_STRUCTS` of
+    them per layout: lengths come from peers, the cache must stay bounded).
+    """
+
+    @functools.lru_cache(maxsize=TAIL_STRUCTS)
+    def build(length: int) -> struct.Struct:
+        return struct.Struct(template.format(length))
+
+    return build
+
+
 def make_tail_decoder(lay: Layout) -> Callable[[Any, int, int, int, int], Any]:
     """Return a specialised payload decoder for a layout with a variable tail.
 
-    Valid payloads are decoded inline; anything else goes to the layout's
-    general :meth:`~virtio_msg.wire._layout.Layout.decode_payload`, which
-    raises the precise error.
+    The fixed part and the tail are unpacked by one precompiled struct of
+    that tail length (byte tails come out as ``bytes``, no slice and copy);
+    the count is checked against the length afterwards.  Anything else goes
+    to the layout's general :meth:`~virtio_msg.wire._layout.Layout.decode_payload`,
+    which raises the precise error.
     """
     fixed_size = lay.fixed.size
-    fixed = [f"f{i}" for i in range(lay.nfixed)]
-    count = f"f{lay.count_index}"
+    nfixed = lay.nfixed
+    count = f"v[{lay.count_index}]"
     lines = [
         "def dec(data, start, end, dev_num, token):",
         f"    tail_len = end - start - {fixed_size}",
         "    if tail_len < 0: return _slow(data, start, end, dev_num, token)",
-        f"    {', '.join(fixed)}, = _unpack(data, start)",
     ]
-    values = ", ".join(fixed)
     if lay.tail is Tail.U32_ARRAY:
         lines += [
-            f"    if tail_len == {count} * 4:",
-            f"        tail = _u32({count}).unpack_from(data, start + {fixed_size})",
-            f"        return _new(_cls, ({values}, tail, dev_num, token))",
+            "    if tail_len & 3: return _slow(data, start, end, dev_num, token)",
+            "    v = _body(tail_len >> 2).unpack_from(data, start)",
+            f"    if {count} * 4 == tail_len:",
+            f"        return _new(_cls, v[:{nfixed}] + (v[{nfixed}:], dev_num, token))",
         ]
+        template = lay.fixed.format + "{}I"
     else:
         if lay.tail is Tail.BYTES_EXACT:
             ok = f"tail_len == {count}"
@@ -118,14 +143,14 @@ def make_tail_decoder(lay: Layout) -> Callable[[Any, int, int, int, int], Any]:
         else:
             ok = f"tail_len == ({count} + 7) >> 3"
         lines += [
+            "    v = _body(tail_len).unpack_from(data, start)",
             f"    if {ok}:",
-            f"        tail = bytes(data[start + {fixed_size}:end])",
-            f"        return _new(_cls, ({values}, tail, dev_num, token))",
+            "        return _new(_cls, v + (dev_num, token))",
         ]
+        template = lay.fixed.format + "{}s"
     lines.append("    return _slow(data, start, end, dev_num, token)")
     namespace: dict[str, Any] = {
-        "_unpack": lay.fixed.unpack_from,
-        "_u32": u32_array,
+        "_body": tail_structs(template),
         "_new": tuple.__new__,
         "_cls": lay.cls,
         "_slow": lay.decode_payload,
@@ -145,14 +170,14 @@ def make_decoder(
     hs = header.size
     unpack_header = header.unpack_from
     new = tuple.__new__
-    fixed: dict[int, tuple[Any, Any, int]] = {
+    # One table for both kinds: a fixed layout's (class, unpack, size) or a tail decoder.
+    table: dict[int, Any] = {
         key: (lay.cls, lay.fixed.unpack_from, lay.fixed.size)
-        for key, lay in by_key.items()
         if lay.tail is Tail.NONE
+        else make_tail_decoder(lay)
+        for key, lay in by_key.items()
     }
-    tailed = {
-        key: make_tail_decoder(lay) for key, lay in by_key.items() if lay.tail is not Tail.NONE
-    }
+    get = table.get
 
     if hs == 8:
 
@@ -166,16 +191,13 @@ def make_decoder(
                     and not (typ & 2 and dev_num)
                     and not (typ & 1 and msg_id & 0x40)
                 ):
-                    key = (typ & 3) << 8 | msg_id
-                    entry = fixed.get(key)
-                    if entry is not None:
+                    entry = get((typ & 3) << 8 | msg_id)
+                    if entry.__class__ is tuple:
                         cls, unpack_body, body_size = entry
                         if size - 8 >= body_size:
                             return new(cls, unpack_body(data, 8) + (dev_num, token))
-                    else:
-                        payload = tailed.get(key)
-                        if payload is not None:
-                            return payload(data, 8, size, dev_num, token)
+                    elif entry is not None:
+                        return entry(data, 8, size, dev_num, token)
             return slow(data)
 
     else:
@@ -190,16 +212,13 @@ def make_decoder(
                     and not (typ & 2 and dev_num)
                     and not (typ & 1 and msg_id & 0x40)
                 ):
-                    key = (typ & 3) << 8 | msg_id
-                    entry = fixed.get(key)
-                    if entry is not None:
+                    entry = get((typ & 3) << 8 | msg_id)
+                    if entry.__class__ is tuple:
                         cls, unpack_body, body_size = entry
                         if size - hs >= body_size:
                             return new(cls, unpack_body(data, hs) + (dev_num, 0))
-                    else:
-                        payload = tailed.get(key)
-                        if payload is not None:
-                            return payload(data, hs, size, dev_num, 0)
+                    elif entry is not None:
+                        return entry(data, hs, size, dev_num, 0)
             return slow(data)
 
     return decode
