@@ -372,3 +372,50 @@ def test_a_kick_is_answered_only_after_its_queue_was_processed(
     assert events.count("answered") >= 1
     pairs = [events[i : i + 2] for i in range(0, len(events), 2)]
     assert all(p == ["processed", "answered"] for p in pairs), events
+
+
+def test_used_events_of_a_kick_are_written_after_its_answer(kernel: SeedLoopback) -> None:
+    """A kick's EVENT_USED follows the kick's answer, never precedes it.
+
+    The kernel may hold a spinlock across the kick that the EVENT_USED
+    callback takes (virtio_console: hvc's lock in put_chars, then hvc_poll in
+    in_intr); an event written before the answer spins until the answer comes.
+    """
+    order: list[str] = []
+    read, write = kernel._read, kernel._write
+
+    def traced_read(count: int) -> bytes:
+        frame = read(count)
+        if frame[:2] == bytes((0x00, TransportMsg.EVENT_AVAIL)):
+            order.append("kick")
+        return frame
+
+    used_tried = threading.Event()
+
+    def traced_write(data: bytes) -> int:
+        if data[:2] == bytes((0x01, TransportMsg.EVENT_AVAIL)):
+            # give an event that was not held back the time to overtake the answer
+            used_tried.wait(0.3)
+            order.append("answer")
+        elif data[:2] == bytes((0x00, TransportMsg.EVENT_USED)):
+            used_tried.set()
+            order.append("used")
+        return write(data)
+
+    kernel._read = traced_read  # type: ignore[method-assign]
+    kernel._write = traced_write  # type: ignore[method-assign]
+    ch = KernelChannel(kernel, kernel.bus.region.base, SIZE, op_timeout_s=10.0)
+    try:
+        ch.serve(0, make_device("rng"))
+        assert _driver(kernel, 0).selftest()  # type: ignore[attr-defined]
+        assert _eventually(lambda: "used" in order)
+    finally:
+        ch.close()
+    pending = False  # a kick read and not yet answered
+    for item in order:
+        if item == "kick":
+            pending = True
+        elif item == "answer":
+            pending = False
+        else:
+            assert not pending, order

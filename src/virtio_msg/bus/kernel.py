@@ -292,6 +292,8 @@ class KernelChannel:
         self._stop = threading.Event()
         self._events: queue.Queue[bytes | None] = queue.Queue()
         self._answered = False
+        self._delivering = False  # the reader is answering a frame (reader thread only)
+        self._held: list[bytes] = []  # events raised meanwhile, written after the answer
         self.closed = False
         self.lb = files.open_lb()
         try:
@@ -350,11 +352,20 @@ class KernelChannel:
     # --- BusPort ------------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Write a response now (the reader's own answer) or queue an event for the writer."""
+        """Write a response now (the reader's own answer) or queue an event for the writer.
+
+        An event raised while the reader answers a request (the used buffers of
+        a kick) is held until that answer is written: the kernel caller may hold
+        a spinlock across the kick that the event's callback takes (hvc's lock:
+        virtio_console's put_chars, then in_intr's hvc_poll), so an event
+        written first spins in the kernel until the answer comes.
+        """
         frame = data if len(data) >= KERNEL_FRAME_SIZE else data.ljust(KERNEL_FRAME_SIZE, b"\0")
         if frame[0] & 0x01:
             self._answered = True
             self._write(frame, "response")
+        elif self._delivering and threading.get_ident() == self._reader.ident:
+            self._held.append(frame)
         else:
             self._events.put(frame)
 
@@ -437,12 +448,18 @@ class KernelChannel:
                 continue
             self.stats["frame"] += 1
             self._answered = False
+            self._delivering = True
             try:
                 self.backend.deliver(frame)
             except Exception:
                 log.exception("kernel channel: backend failed on %s", frame.hex())
+            finally:
+                self._delivering = False
             if not self._answered:
                 self._refuse(frame)
+            for event in self._held:
+                self._events.put(event)
+            self._held.clear()
 
     def _refuse(self, frame: bytes) -> None:
         """Answer a frame the backend did not: a zeroed response, so the kernel fails now."""
