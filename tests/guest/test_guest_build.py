@@ -15,7 +15,7 @@ import pytest
 from virtio_msg.dt.loader import analyze
 from virtio_msg.dt.tree import read_tree
 from virtio_msg.guest import GuestSetupError
-from virtio_msg.guest.boot import Check, GuestReport, parse_console, parse_devices
+from virtio_msg.guest.boot import Check, GuestReport, parse_bench, parse_console, parse_devices
 from virtio_msg.guest.dtb import MachineOptions, add_loopback, build_guest_dtb
 from virtio_msg.guest.initramfs import (
     ARM64_PACKAGES,
@@ -24,6 +24,7 @@ from virtio_msg.guest.initramfs import (
     cache_dir,
     copy_python_packages,
     find_debs,
+    stage,
     write_cpio,
 )
 
@@ -55,6 +56,10 @@ def test_guest_dtb_is_qemu_virt_plus_vmsglb_pool_and_binding_node(tmp_path: Path
     ram_base, ram_size = (mem[0] << 32) | mem[1], (mem[2] << 32) | mem[3]
     assert ram_base <= base and base + (4 << 20) <= ram_base + ram_size
     assert tree.exist_node("/pl011@9000000")
+    # two vCPUs: the seed's kick sleeps in atomic context (defect 9), one CPU deadlocks
+    cpus = [n for n in tree.get_node("/cpus").nodes if n.name.startswith("cpu@")]
+    assert len(cpus) == machine.cpus == 2
+    assert "-smp" in machine.args() and machine.args()[machine.args().index("-smp") + 1] == "2"
 
 
 def test_add_loopback_refuses_an_unaligned_pool() -> None:
@@ -202,3 +207,33 @@ def test_guest_entry_points_import_with_only_the_copied_packages(tmp_path: Path)
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--kernel" in proc.stdout
+
+
+def test_bench_timings_are_parsed_and_reported_only_when_present() -> None:
+    text = (
+        'VMSG-CHECK {"name": "rng", "ok": true, "detail": "x"}\n'
+        'VMSG-BENCH {"rng": "virtio_rng.1", "via": "loopback", "reads_per_s": 120.5,'
+        ' "bytes_per_s": 7712.0}\r\n'
+        "VMSG-BENCH {broken\n"
+        'VMSG-BENCH {"rng": "virtio_rng.0"}\n'  # incomplete: skipped
+        'VMSG-BENCH {"rng": "virtio_rng.0", "via": "virtio-mmio", "reads_per_s": 900,'
+        ' "bytes_per_s": 1e6}\n'
+    )
+    bench = parse_bench(text)
+    assert [(b["rng"], b["via"]) for b in bench] == [
+        ("virtio_rng.1", "loopback"),
+        ("virtio_rng.0", "virtio-mmio"),
+    ]
+    report = GuestReport("Image", parse_console(text), bench=bench)
+    assert report.to_json()["bench"] == bench
+    assert "bench" not in GuestReport("Image", parse_console(text)).to_json()
+
+
+def test_init_passes_the_watchdog_budget_and_the_bench_time(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    stage(root, [], ["rng"], budget=123, bench=2.5)
+    assert "-m virtio_msg.guest.inguest rng 123 --bench 2.5\n" in (root / "init").read_text()
+    other = tmp_path / "other"
+    stage(other, [], ["rng", "blk"], budget=50)
+    init = (other / "init").read_text()
+    assert "-m virtio_msg.guest.inguest rng,blk 50\n" in init

@@ -30,6 +30,7 @@ from virtio_msg.guest.initramfs import build_initramfs
 DEVICE_KINDS: tuple[str, ...] = ("rng", "blk", "console", "i2c")
 """The device checks the harness knows, in their default order."""
 CHECK_RE = re.compile(r"VMSG-CHECK (\{.*\})")
+BENCH_RE = re.compile(r"VMSG-BENCH (\{.*\})")
 APPEND = "console=ttyAMA0 rdinit=/init loglevel=3 panic=-1"
 
 
@@ -53,6 +54,8 @@ class GuestReport:
     kernel: str
     checks: list[Check] = field(default_factory=list)
     release: str | None = None
+    bench: list[dict[str, object]] = field(default_factory=list)
+    """hwrng timings (``run_guest(bench=...)``): rng, via, reads_per_s, bytes_per_s."""
 
     @property
     def ok(self) -> bool:
@@ -66,6 +69,7 @@ class GuestReport:
             "release": self.release,
             "checks": [c.to_json() for c in self.checks],
             "ok": self.ok,
+            **({"bench": self.bench} if self.bench else {}),
         }
 
 
@@ -79,6 +83,19 @@ def parse_console(text: str) -> list[Check]:
         except (ValueError, KeyError, TypeError):
             continue
     return checks
+
+
+def parse_bench(text: str) -> list[dict[str, object]]:
+    """The ``VMSG-BENCH`` timings in console output; malformed lines are skipped."""
+    found: list[dict[str, object]] = []
+    for match in BENCH_RE.finditer(text):
+        try:
+            item = json.loads(match.group(1))
+        except ValueError:
+            continue
+        if isinstance(item, dict) and {"rng", "via", "reads_per_s", "bytes_per_s"} <= set(item):
+            found.append(item)
+    return found
 
 
 def parse_devices(spec: str) -> list[str]:
@@ -108,11 +125,14 @@ def _machine() -> MachineOptions:
     return MachineOptions()
 
 
-def qemu_command(machine: MachineOptions, kernel: Path, dtb: Path, initrd: Path) -> list[str]:
-    """The QEMU command line of the boot."""
+def qemu_command(
+    machine: MachineOptions, kernel: Path, dtb: Path, initrd: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    """The QEMU command line of the boot (``extra``: more QEMU options, e.g. devices)."""
     return [
         machine.qemu,
         *machine.args(),
+        *extra,
         "-kernel",
         str(kernel),
         "-dtb",
@@ -169,8 +189,15 @@ def run_guest(
     *,
     timeout: float = 300.0,
     keep: Path | None = None,
+    qemu_extra: Sequence[str] = (),
+    bench: float = 0.0,
 ) -> GuestReport:
-    """Boot ``kernel`` with the loopback and the checks for ``devices``; the report."""
+    """Boot ``kernel`` with the loopback and the checks for ``devices``; the report.
+
+    ``qemu_extra`` adds QEMU options (the tree is dumped with them too); ``bench``
+    > 0 also times /dev/hwrng in the guest for that many seconds per rng
+    (``report.bench``).
+    """
     image = Path(kernel)
     report = GuestReport(kernel=str(image))
     if not image.is_file():
@@ -183,14 +210,15 @@ def run_guest(
     work.mkdir(parents=True, exist_ok=True)
     try:
         dtb, initrd = work / "guest.dtb", work / "initramfs.cpio.gz"
-        dtb.write_bytes(build_guest_dtb(machine))
-        build_initramfs(initrd, devices, budget=guest_budget(timeout))
-        cmd = qemu_command(machine, image, dtb, initrd)
+        dtb.write_bytes(build_guest_dtb(machine, extra=qemu_extra))
+        build_initramfs(initrd, devices, budget=guest_budget(timeout), bench=bench)
+        cmd = qemu_command(machine, image, dtb, initrd, qemu_extra)
         (work / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
         text, finished = _boot(cmd, timeout, work / "console.log")
         boot_line = re.search(r"VMSG-BOOT (\S+)", text)
         report.release = boot_line.group(1) if boot_line else None
         report.checks = parse_console(text)
+        report.bench = parse_bench(text)
         if not report.checks:
             tail = " | ".join(text.strip().splitlines()[-6:])[-600:]
             report.checks.append(

@@ -41,14 +41,20 @@ class MachineOptions:
     cpu: str = "cortex-a57"
     memory_mib: int = 4096
     accel: str = "tcg"
+    cpus: int = 2
+    """Two vCPUs at least: the seed's transfer sleeps in atomic context (linux-rfc1.md
+    section 5, defect 9), so on one CPU a task spinning on a lock that a kick holds
+    (virtio_console's hvc path) never lets the kick's waiter, or the backend, run."""
 
     def args(self) -> list[str]:
-        """The ``-M/-cpu/-m`` arguments (``-nic none``: the default NIC needs a ROM)."""
+        """The ``-M/-cpu/-smp/-m`` arguments (``-nic none``: the default NIC needs a ROM)."""
         return [
             "-M",
             f"virt,accel={self.accel}",
             "-cpu",
             self.cpu,
+            "-smp",
+            str(self.cpus),
             "-m",
             str(self.memory_mib),
             "-nic",

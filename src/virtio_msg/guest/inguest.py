@@ -6,8 +6,8 @@ device files, waits (bounded) for each device's kernel driver to bind, then
 exercises it the way a user would: ``/dev/hwrng`` is read, ``/dev/vda`` is
 written and compared with the image file the backend serves (both ways, past
 the page cache), a line written to ``/dev/hvc0`` must come back from the
-backend's echo console, and a ds1307 is instantiated on the virtio I2C adapter
-and read with ``hwclock``.  Every verdict is printed on the console as one
+backend's echo console, and a ds1338 is instantiated on the virtio I2C adapter
+and its clock set and read back.  Every verdict is printed on the console as one
 ``VMSG-CHECK {json}`` line (``/init`` then prints the kernel log and
 ``VMSG-END``).  A missing kernel feature is a failed check naming the
 ``CONFIG_`` option.  A watchdog bounds the whole run by ``BUDGET`` seconds:
@@ -19,18 +19,31 @@ that was stuck, the backend's threads' tracebacks and, where the kernel has
 from __future__ import annotations
 
 import faulthandler
+import fcntl
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
+from virtio_msg.devices.i2c import DEMO_RTC_ADDRESS
+
 LB = Path("/dev/virtio-msg-lb")
+RTC_TIME = struct.Struct("9i")
+"""``struct rtc_time``: sec, min, hour, mday, mon (0-11), year (-1900), wday, yday, isdst."""
+RTC_SET_TIME = 0x4024700A
+"""``_IOW('p', 0x0a, struct rtc_time)``."""
+RTC_RD_TIME = 0x80247009
+"""``_IOR('p', 0x09, struct rtc_time)``."""
+RTC_PROBE_TIME = (5, 4, 3, 2, 0, 130, 3, 1, 0)
+"""2030-01-02 03:04:05, a Wednesday: a date a DS1338 (years 2000-2099) can hold."""
 DISK = Path("/tmp/vmsg-disk.img")
 """The image file the backend serves as the blk device (in the guest's tmpfs)."""
 DISK_SIZE = 16 << 20
@@ -177,20 +190,76 @@ def driver_present(kind: str) -> bool:
     return Path("/sys/bus/virtio/drivers", DRIVERS[kind][0]).is_dir()
 
 
-def check_rng() -> str:
-    """Read 256 bytes from /dev/hwrng."""
-    cur = Path("/sys/class/misc/hw_random/rng_current")
-    if not wait_for(lambda: cur.exists() and "virtio" in cur.read_text()):
-        raise RuntimeError("no virtio hwrng became current")
+HWRNG = Path("/sys/class/misc/hw_random")
+
+
+def rng_names() -> list[str]:
+    """The hwrng names the kernel offers (``rng_available``), [] if none."""
+    try:
+        return (HWRNG / "rng_available").read_text().split()
+    except OSError:
+        return []
+
+
+def check_rng(before: Sequence[str]) -> str:
+    """Make the loopback's virtio hwrng current and read 256 bytes from /dev/hwrng.
+
+    Its name is the virtio one that was not offered before the backend ADDed
+    its devices (another, e.g. QEMU's virtio-mmio rng, may already exist).
+    """
+
+    def ours() -> str | None:
+        new = [n for n in rng_names() if n.startswith("virtio") and n not in before]
+        return new[0] if new else None
+
+    if not wait_for(lambda: ours() is not None):
+        raise RuntimeError("no new virtio hwrng appeared after the rng device was added")
+    name = ours()
+    assert name is not None
+    (HWRNG / "rng_current").write_text(name + "\n")
 
     def read() -> str:
         with open("/dev/hwrng", "rb", buffering=0) as f:
             data = f.read(256)
         if len(data) != 256 or data == bytes(256):
             raise RuntimeError(f"read {len(data)} bytes, all zero: {data == bytes(len(data))}")
-        return f"256 bytes from {cur.read_text().strip()}"
+        return f"256 bytes from {name}"
 
     return bounded(read, 30)
+
+
+def bench_hwrng(name: str, via: str, seconds: float) -> dict[str, object]:
+    """Time /dev/hwrng with ``name`` current: 32-byte reads/s, then bytes/s in 4 KiB reads."""
+    (HWRNG / "rng_current").write_text(name + "\n")
+    result: dict[str, object] = {"rng": name, "via": via, "seconds": seconds}
+    with open("/dev/hwrng", "rb", buffering=0) as f:
+        for label, size in (("reads_per_s", 32), ("bytes_per_s", 4096)):
+            count = 0
+            start = time.monotonic()
+            while (elapsed := time.monotonic() - start) < seconds:
+                data = f.read(size)
+                count += len(data) if label == "bytes_per_s" else 1
+            result[label] = round(count / elapsed, 1)
+    return result
+
+
+def _bench_json(name: str, via: str, seconds: float) -> str:
+    return json.dumps(bench_hwrng(name, via, seconds))
+
+
+def run_bench(loopback_rng: str, others: Sequence[str], seconds: float) -> bool:
+    """Time the loopback's hwrng and every other virtio hwrng; one ``VMSG-BENCH`` line each."""
+    ok = True
+    for name, via in [(loopback_rng, "loopback"), *((o, "virtio-mmio") for o in others)]:
+        try:
+            result = bounded(partial(_bench_json, name, via, seconds), 2 * seconds + 30)
+        except Exception as exc:
+            emit("bench", False, f"timing {name} ({via}) failed: {exc}")
+            ok = False
+            continue
+        sys.stdout.write(f"\nVMSG-BENCH {result}\n")
+        sys.stdout.flush()
+    return ok
 
 
 def check_blk() -> str:
@@ -259,7 +328,7 @@ def check_console() -> str:
 
 
 def check_i2c() -> str:
-    """Instantiate ds1307 at 0x68 on the virtio I2C adapter and read the clock with hwclock."""
+    """Instantiate ds1338 where the backend's RTC is; set its clock and read it back."""
 
     def adapter() -> Path | None:
         for dev in Path("/sys/bus/i2c/devices").glob("i2c-*"):
@@ -272,29 +341,43 @@ def check_i2c() -> str:
     bus = adapter()
     assert bus is not None
     before = set(Path("/dev").glob("rtc*"))
-    (bus / "new_device").write_text("ds1307 0x68\n")
+    (bus / "new_device").write_text(f"ds1338 {DEMO_RTC_ADDRESS:#x}\n")
     if not wait_for(lambda: bool(set(Path("/dev").glob("rtc*")) - before), 20):
-        raise RuntimeError("ds1307 did not register an RTC (CONFIG_RTC_DRV_DS1307?)")
+        raise RuntimeError(
+            f"ds1338 at {DEMO_RTC_ADDRESS:#x} did not register an RTC (CONFIG_RTC_DRV_DS1307?)"
+        )
     rtc = sorted(set(Path("/dev").glob("rtc*")) - before)[0]
-    out = subprocess.run(
-        ["hwclock", "-r", "-f", str(rtc)], capture_output=True, text=True, timeout=30, check=False
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"hwclock -r -f {rtc} failed: {out.stderr.strip()}")
-    return f"{bus.name}: hwclock {rtc}: {out.stdout.strip()}"
+    # A DS1338 powers up with its oscillator-stop flag set, and rtc-ds1307
+    # refuses to read the time (EINVAL) until it is set: set a fixed time (the
+    # guest's own clock may still be 1970, which the chip cannot hold), read it.
+    fd = os.open(rtc, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, RTC_SET_TIME, RTC_TIME.pack(*RTC_PROBE_TIME))
+        got = RTC_TIME.unpack(fcntl.ioctl(fd, RTC_RD_TIME, bytes(RTC_TIME.size)))
+    finally:
+        os.close(fd)
+    sec, minute, hour, mday, mon, year = got[:6]
+    shown = f"{year + 1900}-{mon + 1:02}-{mday:02} {hour:02}:{minute:02}:{sec:02}"
+    if got[1:6] != RTC_PROBE_TIME[1:6] or not RTC_PROBE_TIME[0] <= sec <= RTC_PROBE_TIME[0] + 30:
+        raise RuntimeError(f"{rtc} was set to 2030-01-02 03:04:05 and reads {shown}")
+    return f"{bus.name}: {rtc} set to 2030-01-02 03:04:05, reads {shown}"
 
 
 def main(argv: list[str]) -> int:
-    """Run the checks for the device list in ``argv[0]``, bounded by ``argv[1]`` seconds."""
+    """Run the checks for the device list in ``argv[0]``, bounded by ``argv[1]`` seconds.
+
+    ``--bench S`` after them also times /dev/hwrng for S seconds per rng.
+    """
     kinds = [k for k in (argv[0] if argv else "rng,blk,console,i2c").split(",") if k]
     watchdog = Watchdog(float(argv[1]) if len(argv) > 1 else 3600.0)
+    bench = float(argv[3]) if len(argv) > 3 and argv[2] == "--bench" else 0.0
     try:
-        return _checks(kinds, watchdog)
+        return _checks(kinds, watchdog, bench)
     finally:
         watchdog.stop()
 
 
-def _checks(kinds: list[str], watchdog: Watchdog) -> int:
+def _checks(kinds: list[str], watchdog: Watchdog, bench: float = 0.0) -> int:
     emit("boot", True, f"init reached, kernel {os.uname().release}")
     if not LB.exists():
         emit("loopback", False, f"no {LB}: the kernel lacks {LB_OPTIONS}")
@@ -310,11 +393,12 @@ def _checks(kinds: list[str], watchdog: Watchdog) -> int:
         with open(DISK, "wb") as img:
             img.truncate(DISK_SIZE)
     specs = [f"{n}:{k}" + (f"={DISK}" if k == "blk" else "") for n, k in enumerate(kinds)]
+    rngs_before = rng_names()
     watchdog.enter("backend start")
     backend = Backend([spec for spec, k in zip(specs, kinds, strict=True) if k in run])
     watchdog.backend = backend
     checks: dict[str, Callable[[], str]] = {
-        "rng": check_rng,
+        "rng": lambda: check_rng(rngs_before),
         "blk": check_blk,
         "console": check_console,
         "i2c": check_i2c,
@@ -334,6 +418,11 @@ def _checks(kinds: list[str], watchdog: Watchdog) -> int:
             took = time.monotonic() - start
             emit(kind, False, f"{exc} after {took:.1f} s [backend: {backend.tail()[-200:]}]")
             failed = True
+    ours = [n for n in rng_names() if n.startswith("virtio") and n not in rngs_before]
+    if bench > 0 and ours and backend.proc.poll() is None:
+        watchdog.enter("bench")
+        others = [n for n in rngs_before if n.startswith("virtio")]
+        failed |= not run_bench(ours[0], others, bench)
     watchdog.enter("backend stop")
     status = backend.stop()
     emit("backend-exit", status == 0, f"backend exit status {status} after SIGTERM")

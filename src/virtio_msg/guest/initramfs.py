@@ -62,7 +62,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
 echo "VMSG-BOOT $(uname -r)"
-PYTHONPATH=/{site} /usr/bin/python3.11 -m virtio_msg.guest.inguest {devices} {budget}
+PYTHONPATH=/{site} /usr/bin/python3.11 -m virtio_msg.guest.inguest {devices} {budget}{bench}
 echo "VMSG-RC $?"
 echo "VMSG-DMESG"
 dmesg
@@ -111,11 +111,16 @@ def copy_python_packages(site: Path) -> None:
 
 
 def stage(
-    root: Path, debs: Sequence[Path], devices: Sequence[str], budget: float = DEFAULT_BUDGET
+    root: Path,
+    debs: Sequence[Path],
+    devices: Sequence[str],
+    budget: float = DEFAULT_BUDGET,
+    bench: float = 0.0,
 ) -> None:
     """Fill ``root`` with the unpacked packages, the Python code and ``/init``.
 
-    ``budget`` bounds the in-guest checks (seconds, from the start of ``/init``).
+    ``budget`` bounds the in-guest checks (seconds, from the start of ``/init``);
+    ``bench`` > 0 also times /dev/hwrng for that many seconds per rng.
     """
     for deb in debs:
         proc = subprocess.run(
@@ -131,7 +136,14 @@ def stage(
         shutil.rmtree(root / junk, ignore_errors=True)
     copy_python_packages(root / SITE)
     init = root / "init"
-    init.write_text(INIT.format(site=SITE, devices=",".join(devices), budget=f"{budget:.0f}"))
+    init.write_text(
+        INIT.format(
+            site=SITE,
+            devices=",".join(devices),
+            budget=f"{budget:.0f}",
+            bench=f" --bench {bench:g}" if bench > 0 else "",
+        )
+    )
     init.chmod(0o755)
 
 
@@ -181,10 +193,11 @@ def build_initramfs(
     cache: Path | None = None,
     *,
     budget: float = DEFAULT_BUDGET,
+    bench: float = 0.0,
 ) -> int:
-    """Build the guest's initramfs at ``dest``; the number of archive entries."""
+    """Build the initramfs at ``dest`` (see :func:`stage`); the number of archive entries."""
     debs = find_debs(cache or cache_dir())
     with tempfile.TemporaryDirectory(prefix="vmsg-initramfs-") as tmp:
         root = Path(tmp)
-        stage(root, debs, devices, budget)
+        stage(root, debs, devices, budget, bench)
         return write_cpio(root, dest)
