@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -15,8 +16,16 @@ import pytest
 from virtio_msg.dt.loader import analyze
 from virtio_msg.dt.tree import read_tree
 from virtio_msg.guest import GuestSetupError
-from virtio_msg.guest.boot import Check, GuestReport, parse_bench, parse_console, parse_devices
+from virtio_msg.guest.boot import (
+    Check,
+    GuestReport,
+    parse_bench,
+    parse_conformance,
+    parse_console,
+    parse_devices,
+)
 from virtio_msg.guest.dtb import MachineOptions, add_loopback, build_guest_dtb
+from virtio_msg.guest.inguest_conformance import summarize
 from virtio_msg.guest.initramfs import (
     ARM64_PACKAGES,
     PYTHON_DEPS,
@@ -237,3 +246,31 @@ def test_init_passes_the_watchdog_budget_and_the_bench_time(tmp_path: Path) -> N
     stage(other, [], ["rng", "blk"], budget=50)
     init = (other / "init").read_text()
     assert "-m virtio_msg.guest.inguest rng,blk 50\n" in init
+
+
+def test_conformance_report_is_parsed_and_summed_up_as_a_check() -> None:
+    report = {
+        "suite": "driver",
+        "profile": "linux-rfc1",
+        "ok": False,
+        "counts": {"pass": 40, "fail": 1, "lenient": 2, "skip": 3},
+        "results": [
+            {"scenario": "status-sequence", "ids": ["DRV-01"], "target": "rng", "outcome": "pass"},
+            {"scenario": "token-echo", "ids": ["DRV-54"], "target": "blk", "outcome": "fail"},
+        ],
+    }
+    text = f"noise\nVMSG-CONFORMANCE {json.dumps(report)}\r\nVMSG-CONFORMANCE {{cut\n"
+    assert parse_conformance(text) == report
+    assert parse_conformance("VMSG-CONFORMANCE {}\n") is None  # no results: not a report
+    ok, detail = summarize(report)
+    assert not ok
+    assert detail.startswith("driver conformance (linux-rfc1): 40 passed, 1 failed, 2 lenient")
+    assert "failed: token-echo [DRV-54] (blk)" in detail
+    assert summarize({**report, "ok": True, "results": report["results"][:1]})[0]
+    assert GuestReport("Image", [], conformance=report).to_json()["conformance"] == report
+
+
+def test_init_asks_for_the_conformance_run(tmp_path: Path) -> None:
+    stage(tmp_path, [], ["rng", "i2c"], budget=90, conformance=True)
+    init = (tmp_path / "init").read_text()
+    assert "-m virtio_msg.guest.inguest rng,i2c 90 --conformance\n" in init

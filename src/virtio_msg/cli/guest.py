@@ -27,7 +27,13 @@ def cmd_guest(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise ValueError("--timeout must be positive")
     try:
-        report = run_guest(args.kernel, devices, timeout=args.timeout, keep=args.keep)
+        report = run_guest(
+            args.kernel,
+            devices,
+            timeout=args.timeout,
+            keep=args.keep,
+            conformance=args.conformance,
+        )
     except GuestSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -67,6 +73,12 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         help="comma-separated devices to check (default rng,blk,console,i2c)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--conformance",
+        action="store_true",
+        help="after the checks, run 'virtio-msg conformance driver --kernel' in the guest: "
+        "the kernel's virtio-msg transport judged against the DRV- requirements",
+    )
     p.add_argument(
         "--timeout",
         type=float,

@@ -31,6 +31,7 @@ DEVICE_KINDS: tuple[str, ...] = ("rng", "blk", "console", "i2c")
 """The device checks the harness knows, in their default order."""
 CHECK_RE = re.compile(r"VMSG-CHECK (\{.*\})")
 BENCH_RE = re.compile(r"VMSG-BENCH (\{.*\})")
+CONFORMANCE_RE = re.compile(r"VMSG-CONFORMANCE (\{.*\})")
 APPEND = "console=ttyAMA0 rdinit=/init loglevel=3 panic=-1"
 
 
@@ -56,6 +57,8 @@ class GuestReport:
     release: str | None = None
     bench: list[dict[str, object]] = field(default_factory=list)
     """hwrng timings (``run_guest(bench=...)``): rng, via, reads_per_s, bytes_per_s."""
+    conformance: dict[str, object] | None = None
+    """The in-guest driver conformance report (``run_guest(conformance=True)``)."""
 
     @property
     def ok(self) -> bool:
@@ -70,6 +73,7 @@ class GuestReport:
             "checks": [c.to_json() for c in self.checks],
             "ok": self.ok,
             **({"bench": self.bench} if self.bench else {}),
+            **({"conformance": self.conformance} if self.conformance is not None else {}),
         }
 
 
@@ -96,6 +100,18 @@ def parse_bench(text: str) -> list[dict[str, object]]:
         if isinstance(item, dict) and {"rng", "via", "reads_per_s", "bytes_per_s"} <= set(item):
             found.append(item)
     return found
+
+
+def parse_conformance(text: str) -> dict[str, object] | None:
+    """The last ``VMSG-CONFORMANCE`` report in console output (None if there is none)."""
+    for match in reversed(list(CONFORMANCE_RE.finditer(text))):
+        try:
+            item = json.loads(match.group(1))
+        except ValueError:
+            continue
+        if isinstance(item, dict) and "results" in item:
+            return item
+    return None
 
 
 def parse_devices(spec: str) -> list[str]:
@@ -191,12 +207,15 @@ def run_guest(
     keep: Path | None = None,
     qemu_extra: Sequence[str] = (),
     bench: float = 0.0,
+    conformance: bool = False,
 ) -> GuestReport:
     """Boot ``kernel`` with the loopback and the checks for ``devices``; the report.
 
     ``qemu_extra`` adds QEMU options (the tree is dumped with them too); ``bench``
     > 0 also times /dev/hwrng in the guest for that many seconds per rng
-    (``report.bench``).
+    (``report.bench``); ``conformance`` also runs ``conformance driver --kernel``
+    in the guest after the checks (``report.conformance``, and a ``conformance``
+    check).
     """
     image = Path(kernel)
     report = GuestReport(kernel=str(image))
@@ -211,7 +230,9 @@ def run_guest(
     try:
         dtb, initrd = work / "guest.dtb", work / "initramfs.cpio.gz"
         dtb.write_bytes(build_guest_dtb(machine, extra=qemu_extra))
-        build_initramfs(initrd, devices, budget=guest_budget(timeout), bench=bench)
+        build_initramfs(
+            initrd, devices, budget=guest_budget(timeout), bench=bench, conformance=conformance
+        )
         cmd = qemu_command(machine, image, dtb, initrd, qemu_extra)
         (work / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
         text, finished = _boot(cmd, timeout, work / "console.log")
@@ -219,6 +240,7 @@ def run_guest(
         report.release = boot_line.group(1) if boot_line else None
         report.checks = parse_console(text)
         report.bench = parse_bench(text)
+        report.conformance = parse_conformance(text)
         if not report.checks:
             tail = " | ".join(text.strip().splitlines()[-6:])[-600:]
             report.checks.append(

@@ -18,6 +18,7 @@ that was stuck, the backend's threads' tracebacks and, where the kernel has
 
 from __future__ import annotations
 
+import argparse
 import faulthandler
 import fcntl
 import json
@@ -34,6 +35,7 @@ from functools import partial
 from pathlib import Path
 
 from virtio_msg.devices.i2c import DEMO_RTC_ADDRESS
+from virtio_msg.guest.inguest_conformance import run_conformance
 
 LB = Path("/dev/virtio-msg-lb")
 RTC_TIME = struct.Struct("9i")
@@ -103,10 +105,14 @@ class Watchdog:
     def __init__(self, budget: float) -> None:
         self.budget = budget
         self.step = "start"
-        self.since = time.monotonic()
+        self.started = self.since = time.monotonic()
         self.backend: Backend | None = None
         self._done = threading.Event()
         threading.Thread(target=self._run, name="watchdog", daemon=True).start()
+
+    def remaining(self) -> float:
+        """Seconds left of the budget."""
+        return self.budget - (time.monotonic() - self.started)
 
     def enter(self, step: str) -> None:
         """Record the step now running."""
@@ -364,20 +370,28 @@ def check_i2c() -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Run the checks for the device list in ``argv[0]``, bounded by ``argv[1]`` seconds.
+    """``DEVICES [BUDGET] [--bench S] [--conformance]``: run the checks, bounded by BUDGET s.
 
-    ``--bench S`` after them also times /dev/hwrng for S seconds per rng.
+    ``--bench S`` also times /dev/hwrng for S seconds per rng; ``--conformance``
+    then runs the driver conformance suite behind the kernel channel.
     """
-    kinds = [k for k in (argv[0] if argv else "rng,blk,console,i2c").split(",") if k]
-    watchdog = Watchdog(float(argv[1]) if len(argv) > 1 else 3600.0)
-    bench = float(argv[3]) if len(argv) > 3 and argv[2] == "--bench" else 0.0
+    parser = argparse.ArgumentParser(prog="inguest")
+    parser.add_argument("devices", nargs="?", default="rng,blk,console,i2c")
+    parser.add_argument("budget", nargs="?", type=float, default=3600.0)
+    parser.add_argument("--bench", type=float, default=0.0)
+    parser.add_argument("--conformance", action="store_true")
+    args = parser.parse_args(argv)
+    kinds = [k for k in args.devices.split(",") if k]
+    watchdog = Watchdog(args.budget)
     try:
-        return _checks(kinds, watchdog, bench)
+        return _checks(kinds, watchdog, args.bench, args.conformance)
     finally:
         watchdog.stop()
 
 
-def _checks(kinds: list[str], watchdog: Watchdog, bench: float = 0.0) -> int:
+def _checks(
+    kinds: list[str], watchdog: Watchdog, bench: float = 0.0, conformance: bool = False
+) -> int:
     emit("boot", True, f"init reached, kernel {os.uname().release}")
     if not LB.exists():
         emit("loopback", False, f"no {LB}: the kernel lacks {LB_OPTIONS}")
@@ -426,6 +440,14 @@ def _checks(kinds: list[str], watchdog: Watchdog, bench: float = 0.0) -> int:
     watchdog.enter("backend stop")
     status = backend.stop()
     emit("backend-exit", status == 0, f"backend exit status {status} after SIGTERM")
+    if conformance and run and status == 0:
+        watchdog.enter("conformance")
+        start = time.monotonic()
+        ok, detail, report = run_conformance(run, max(60.0, watchdog.remaining() - 20))
+        if report:
+            sys.stdout.write(f"\nVMSG-CONFORMANCE {json.dumps(report)}\n")
+        emit("conformance", ok, f"{detail} ({time.monotonic() - start:.1f} s)")
+        failed |= not ok
     return 1 if failed or status != 0 else 0
 
 

@@ -62,7 +62,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
 echo "VMSG-BOOT $(uname -r)"
-PYTHONPATH=/{site} /usr/bin/python3.11 -m virtio_msg.guest.inguest {devices} {budget}{bench}
+PYTHONPATH=/{site} /usr/bin/python3.11 -m virtio_msg.guest.inguest {devices} {budget}{options}
 echo "VMSG-RC $?"
 echo "VMSG-DMESG"
 dmesg
@@ -116,11 +116,13 @@ def stage(
     devices: Sequence[str],
     budget: float = DEFAULT_BUDGET,
     bench: float = 0.0,
+    conformance: bool = False,
 ) -> None:
     """Fill ``root`` with the unpacked packages, the Python code and ``/init``.
 
     ``budget`` bounds the in-guest checks (seconds, from the start of ``/init``);
-    ``bench`` > 0 also times /dev/hwrng for that many seconds per rng.
+    ``bench`` > 0 also times /dev/hwrng for that many seconds per rng;
+    ``conformance`` also runs the driver conformance suite behind the kernel channel.
     """
     for deb in debs:
         proc = subprocess.run(
@@ -141,7 +143,8 @@ def stage(
             site=SITE,
             devices=",".join(devices),
             budget=f"{budget:.0f}",
-            bench=f" --bench {bench:g}" if bench > 0 else "",
+            options=(f" --bench {bench:g}" if bench > 0 else "")
+            + (" --conformance" if conformance else ""),
         )
     )
     init.chmod(0o755)
@@ -194,10 +197,11 @@ def build_initramfs(
     *,
     budget: float = DEFAULT_BUDGET,
     bench: float = 0.0,
+    conformance: bool = False,
 ) -> int:
     """Build the initramfs at ``dest`` (see :func:`stage`); the number of archive entries."""
     debs = find_debs(cache or cache_dir())
     with tempfile.TemporaryDirectory(prefix="vmsg-initramfs-") as tmp:
         root = Path(tmp)
-        stage(root, debs, devices, budget, bench)
+        stage(root, debs, devices, budget, bench, conformance)
         return write_cpio(root, dest)
