@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import fdt  # type: ignore[import-untyped]
 import pytest
@@ -249,15 +250,16 @@ def test_init_passes_the_watchdog_budget_and_the_bench_time(tmp_path: Path) -> N
 
 
 def test_conformance_report_is_parsed_and_summed_up_as_a_check() -> None:
-    report = {
+    results: list[dict[str, Any]] = [
+        {"scenario": "status-sequence", "ids": ["DRV-01"], "target": "rng", "outcome": "pass"},
+        {"scenario": "token-echo", "ids": ["DRV-54"], "target": "blk", "outcome": "fail"},
+    ]
+    report: dict[str, Any] = {
         "suite": "driver",
         "profile": "linux-rfc1",
         "ok": False,
         "counts": {"pass": 40, "fail": 1, "lenient": 2, "skip": 3},
-        "results": [
-            {"scenario": "status-sequence", "ids": ["DRV-01"], "target": "rng", "outcome": "pass"},
-            {"scenario": "token-echo", "ids": ["DRV-54"], "target": "blk", "outcome": "fail"},
-        ],
+        "results": results,
     }
     text = f"noise\nVMSG-CONFORMANCE {json.dumps(report)}\r\nVMSG-CONFORMANCE {{cut\n"
     assert parse_conformance(text) == report
@@ -266,7 +268,7 @@ def test_conformance_report_is_parsed_and_summed_up_as_a_check() -> None:
     assert not ok
     assert detail.startswith("driver conformance (linux-rfc1): 40 passed, 1 failed, 2 lenient")
     assert "failed: token-echo [DRV-54] (blk)" in detail
-    assert summarize({**report, "ok": True, "results": report["results"][:1]})[0]
+    assert summarize({**report, "ok": True, "results": results[:1]})[0]
     assert GuestReport("Image", [], conformance=report).to_json()["conformance"] == report
 
 
