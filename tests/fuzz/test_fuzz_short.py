@@ -3,8 +3,9 @@
 Each harness in ``fuzz/`` is run briefly: the codec and virtqueue targets
 under atheris (coverage-guided, a bounded number of runs, in a subprocess so
 a crash is a failed exit status) and directly on seeded random inputs; the
-socket flood with a few thousand hostile frames per profile while a good
-backend keeps serving.  The long runs are commands, not tests.
+socket flood (a hostile backend against the bus) and the hostile bus (against
+the backend library) with a few thousand hostile frames per profile while the
+good devices keep serving.  The long runs are commands, not tests.
 """
 
 from __future__ import annotations
@@ -100,3 +101,21 @@ def test_socket_flood_every_frame_counted_and_the_good_backend_keeps_working(
     assert summary["good_reads"] == 3000 // 250 + 1
     assert summary["channel_malformed"] > 0 and summary["bus_dropped"]
     assert logging.getLogger("virtio_msg").level == level  # later tests still see warnings
+
+
+@pytest.mark.parametrize("profile", ["spec", "linux-rfc1"])
+def test_dev_21_hostile_bus_backend_counts_every_frame_drops_the_bad_and_keeps_serving(
+    profile: str,
+) -> None:
+    hostile = _load("hostile_bus")
+    level = logging.getLogger("virtio_msg").level
+    summary = hostile.run(profile, 3000, seed=16, check_every=250)
+    assert summary["errors"] == [] and summary["connected"]  # no crash, not cut off
+    assert summary["counted_once"]  # every datagram from the bus counted exactly once
+    assert summary["must_drop"] <= summary["dropped"] <= 3000  # bad frames dropped, counted
+    assert summary["good_discarded"] == 0 and summary["checks"] == 3000 // 250
+    assert summary["cycles"] > 0 and summary["pings"] > 0  # its own ADD/REMOVE/PING worked
+    assert summary["victim_after"]  # the attacked device works after reset and probe
+    assert summary["fds_end"] <= summary["fds_start"]
+    assert summary["ok"]
+    assert logging.getLogger("virtio_msg").level == level

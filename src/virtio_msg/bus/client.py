@@ -22,7 +22,7 @@ block the *calling* thread until the bus's status arrives.  That split is
 what the seed's loopback required of its backends too (an ADD that blocks
 the only thread that reads never completes).  Everything from the bus is
 validated like any other peer data; malformed datagrams are counted and too
-many of them close the connection.  Every wait is bounded: connect and the
+many of them (``max_malformed``) close the connection.  Every wait is bounded: connect and the
 announcement by ``timeout``, ADD/REMOVE by ``control_timeout`` (a bus that
 does not answer is abandoned: the connection closes), sends by the bus's
 ``timeout_ms`` (a bus that stops reading is abandoned too).
@@ -97,9 +97,12 @@ class BackendClient:
         *,
         control_timeout: float | None = None,
         path: str = "",
+        max_malformed: int = MAX_MALFORMED,
     ) -> None:
         """Wrap a connected socket whose ANNOUNCE was already taken (use :func:`connect`)."""
         self.path = path
+        self.max_malformed = max_malformed
+        """Malformed or unexpected datagrams tolerated before hanging up."""
         self.announcement = announcement
         self.params: BusParams = announcement.params()
         self.region = region
@@ -122,7 +125,9 @@ class BackendClient:
         self._token = 0
         self.malformed = 0
         self.received: Counter[str] = Counter()
-        """Datagrams from the bus by kind."""
+        """Datagrams from the bus by kind, each counted once: ``malformed`` (dropped,
+        including unexpected bus messages), ``transport`` (given to the backend) or
+        ``bus`` (a PING or an awaited response, taken)."""
         self.reason: str | None = None
         """Why the connection closed (None while open)."""
         self._closing = False
@@ -311,7 +316,7 @@ class BackendClient:
         self.malformed += 1
         self.received["malformed"] += 1
         log.debug("backend: dropped a message from the bus: %s", what)
-        if self.malformed > MAX_MALFORMED:
+        if self.malformed > self.max_malformed:
             self._fail(f"the bus sent {self.malformed} malformed messages (last: {what})")
 
     def _dispatch(self, data: bytes, flags: int) -> None:
@@ -336,7 +341,10 @@ class BackendClient:
             self._malformed("a transport response from the bus")
         else:
             self.received["transport"] += 1
-            self.backend.deliver(data)  # validates; answers requests, takes EVENT_AVAIL
+            try:
+                self.backend.deliver(data)  # validates; answers requests, takes EVENT_AVAIL
+            except BusError:
+                return  # the answer could not go out: the connection is closing (reason kept)
 
     def _dispatch_bus(self, data: bytes, typ: int) -> None:
         try:
@@ -344,7 +352,6 @@ class BackendClient:
         except MalformedMessage as exc:
             self._malformed(str(exc))
             return
-        self.received["bus"] += 1
         if type(msg) is GenericMessage and msg.response and msg.msg_id in CONTROL_IDS:
             try:
                 resp = parse_control_response(msg)
@@ -357,6 +364,7 @@ class BackendClient:
             ):
                 self._malformed(f"unexpected {op_name(resp.op)} response for {resp.dev_num}")
                 return
+            self.received["bus"] += 1
             pending[2].append(resp)
             pending[1].set()
         elif type(msg) is S.PingResp:
@@ -364,8 +372,10 @@ class BackendClient:
             if ping is None or (msg.token, msg.data) != ping[:2]:
                 self._malformed("unexpected PING response")
                 return
+            self.received["bus"] += 1
             ping[2].set()
         elif type(msg) is S.Ping:
+            self.received["bus"] += 1
             with contextlib.suppress(VirtioMsgError):
                 self.send(self._adapter.encode(S.PingResp(msg.data, token=msg.token)))
         else:
@@ -453,12 +463,14 @@ def connect(
     timeout: float = 5.0,
     control_timeout: float | None = None,
     max_region_size: int = MAX_REGION_SIZE,
+    max_malformed: int = MAX_MALFORMED,
 ) -> BackendClient:
     """Connect to the socket bus at ``path``, map its region and start serving.
 
     ``timeout`` bounds the connect and the wait for ANNOUNCE;
     ``control_timeout`` bounds each ADD/REMOVE (default: 30 s or 10 x the
-    bus's timeout, whichever is larger).  Raises
+    bus's timeout, whichever is larger); more than ``max_malformed``
+    malformed or unexpected datagrams from the bus close the connection.  Raises
     :class:`~virtio_msg.errors.BusError` naming what went wrong.
     """
     where = os.fspath(path)
@@ -474,7 +486,10 @@ def connect(
     except BaseException:
         sock.close()
         raise
-    client = BackendClient(sock, ann, region, control_timeout=control_timeout, path=where)
+    client = BackendClient(
+        sock, ann, region, control_timeout=control_timeout, path=where,
+        max_malformed=max_malformed,
+    )
     client.start()
     log.info(
         "backend: connected to %s: profile %s, max message %d, region %#x + %#x",

@@ -132,6 +132,8 @@ class SocketChannel:
         self._ping_token = 0
         # Accounting and limits.
         self.requests_sent = 0
+        self.sent = 0
+        """Datagrams written to the backend's socket after ANNOUNCE (requests, events, answers)."""
         self.responses_received = 0
         self.queued_events = 0
         self.malformed = 0
@@ -186,8 +188,8 @@ class SocketChannel:
         read the socket for its response if nobody else is (see the module
         docstring).
         """
-        typ = data[0]
-        request = not typ & C.TYPE_RESPONSE and (
+        typ = data[0] if data else 0
+        request = len(data) > 1 and not typ & C.TYPE_RESPONSE and (
             not data[1] & C.MSG_ID_EVENT
             # linux-rfc1 compatibility: the seed answers EVENT_AVAIL too
             or (self._rfc1 and not typ & C.TYPE_BUS and data[1] == C.TransportMsg.EVENT_AVAIL)
@@ -224,6 +226,12 @@ class SocketChannel:
     def connected(self) -> bool:
         """True until the connection starts closing."""
         return not self._closing
+
+    @property
+    def submitted(self) -> int:
+        """Datagrams written to the backend's socket or queued for it (after ANNOUNCE)."""
+        with self._send_lock:
+            return self.sent + len(self._backlog)
 
     def devices(self) -> list[int]:
         """Device numbers this connection serves."""
@@ -266,6 +274,7 @@ class SocketChannel:
             if not self._backlog:
                 try:
                     self._sock.send(data, socket.MSG_DONTWAIT)
+                    self.sent += 1
                     return
                 except BlockingIOError:
                     pass
@@ -312,6 +321,7 @@ class SocketChannel:
                         self._fail_locked(f"send failed: {exc.strerror or exc}", violation=False)
                         return
                     self._backlog.popleft()
+                    self.sent += 1
 
     # --- closing ------------------------------------------------------------------------
 
