@@ -3,13 +3,18 @@
 A bus (this process) serves its socket; a backend process serves a blk
 device backed by an image file, and a second backend (in this process, over
 the same socket) serves an rng device.  Each round starts the blk backend,
-runs several writer threads, kills the backend with SIGKILL mid-I/O, and
-measures how long each in-flight request took to fail, from the call that
-issued it (the run fails above the bus timeout + 10 %).  A thread reads the
-rng device throughout: every read must succeed.  The next round's fresh
-backend (the reconnect) must show every write acknowledged before the kill on
-disk.  Usage:
-``python3 soak/kill_backend.py --rounds 50`` (one JSON summary line).
+waits for the bus to report the device probed, runs several writer threads,
+waits until they have had a random number of writes acknowledged (so the
+kill lands in the middle of a stream of requests), kills the backend with
+SIGKILL and waits for the bus to report the device removed.  Every wait is
+on an event (the bus's ADD/REMOVE callbacks, the writers' acknowledgements)
+and bounded; nothing sleeps to let something happen.  It measures how long
+each in-flight request took to fail, from the call that issued it, and how
+each failed (the summary's ``passed`` requires timeout + 10 %, a figure for
+the long run; the CI test asserts no time).  A thread reads the rng device
+throughout: every read must succeed.  The next round's fresh backend (the
+reconnect) must show every write acknowledged before the kill on disk.
+Usage: ``python3 soak/kill_backend.py --rounds 50`` (one JSON summary line).
 """
 
 from __future__ import annotations
@@ -25,44 +30,68 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from virtio_msg.bus import LoopbackBus
+from virtio_msg.bus import DeviceEntry, LoopbackBus
 from virtio_msg.bus.client import connect
 from virtio_msg.bus.socket import SocketServer
 from virtio_msg.devices.rng import RngDevice
 from virtio_msg.drivers.blk import BlkDriver
 from virtio_msg.drivers.rng import RngDriver
-from virtio_msg.errors import VirtioMsgError
+from virtio_msg.errors import TransportError, VirtioMsgError
 from virtio_msg.testing import progress
 from virtio_msg.transport.params import BusParams
 
 BLK, RNG = 4, 5
 TIMEOUT_MS = 1000
+"""The bus's request timeout for the long run (the CI test uses a longer one)."""
 WRITERS = 3
-WAIT = 30.0
+WAIT = 60.0
+"""Bound on every wait of the script, seconds (a wait that runs out is a hang)."""
 CHILD = """
 import sys, threading
 from virtio_msg.bus.client import connect
 from virtio_msg.devices.blk import BlkDevice
 client = connect(sys.argv[1])
 client.serve(int(sys.argv[3]), BlkDevice(sys.argv[2]))
-print("ready", flush=True)
 threading.Event().wait()
 """
 
 
-def _wait_device(bus: LoopbackBus, dev_num: int, present: bool) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        entry = bus.device(dev_num)
-        if present and entry is not None and entry.driver is not None:
-            return
-        if not present and entry is None:
-            return
-        time.sleep(0.01)
-    raise RuntimeError(f"device {dev_num} {'never appeared' if present else 'was not removed'}")
+class Watch:
+    """What the bus reports about devices (its ADD/REMOVE callbacks), to wait on."""
+
+    def __init__(self, bus: LoopbackBus) -> None:
+        """Count ADDs and REMOVEs of every number from now on."""
+        self.cv = threading.Condition()
+        self.added: Counter[int] = Counter()
+        self.removed: Counter[int] = Counter()
+        bus.on_added.append(lambda e: self._note(self.added, e))
+        bus.on_removed.append(lambda e: self._note(self.removed, e))
+
+    def _note(self, where: Counter[int], entry: DeviceEntry) -> None:
+        with self.cv:
+            where[entry.dev_num] += 1
+            self.cv.notify_all()
+
+    def wait(
+        self, counts: Counter[int], at_least: int, what: str, proc: subprocess.Popen[bytes]
+    ) -> None:
+        """Wait until ``counts[BLK]`` reaches ``at_least`` (re-checked on every report).
+
+        Fails if ``proc`` (the blk backend) exits first, unless it was killed.
+        """
+        deadline = time.monotonic() + WAIT
+        with self.cv:
+            while counts[BLK] < at_least:
+                if proc.poll() is not None and proc.returncode != -signal.SIGKILL:
+                    raise RuntimeError(f"the blk backend exited ({proc.returncode}) before {what}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"hang: {what} did not happen within {WAIT:.0f} s")
+                self.cv.wait(min(left, 1.0))  # woken by the report; the slice checks the child
 
 
 class Round:
@@ -72,10 +101,29 @@ class Round:
         """Nothing seen yet."""
         self.failed: list[tuple[float, float]] = []
         """(call started, call failed), monotonic seconds, one per writer."""
+        self.kinds: Counter[str] = Counter()
+        """How the writers' requests failed (TransportError kinds)."""
         self.unexpected: list[str] = []
+        self.acked = 0
+        self.cv = threading.Condition()
         self.rng_reads = 0
         self.rng_failures = 0
         self.stop = threading.Event()
+
+    def wait_busy(self, count: int) -> None:
+        """Wait until the writers have had ``count`` writes acknowledged and the rng was read.
+
+        Returns early if every writer already stopped (the summary then shows why).
+        """
+        deadline = time.monotonic() + WAIT
+        with self.cv:
+            while (self.acked < count or not self.rng_reads) and (
+                len(self.failed) + len(self.unexpected) < WRITERS
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"hang: {count} writes not acknowledged in {WAIT:.0f} s")
+                self.cv.wait(left)
 
 
 def _writer(
@@ -93,41 +141,64 @@ def _writer(
             with lock:
                 for i in range(0, len(data), 512):
                     done[offset + i] = data[i : i + 512]
-    except VirtioMsgError:
-        seen.failed.append((began, time.monotonic()))
+            with seen.cv:
+                seen.acked += 1
+                seen.cv.notify_all()
+    except VirtioMsgError as exc:
+        failed = time.monotonic()
         with lock:  # the failed write may or may not have reached the disk
             for i in range(0, len(data), 512):
                 done.pop(offset + i, None)
+        with seen.cv:
+            seen.failed.append((began, failed))
+            seen.kinds[exc.kind if isinstance(exc, TransportError) else type(exc).__name__] += 1
+            seen.cv.notify_all()
     except Exception as exc:  # anything else is a defect the run reports
-        seen.unexpected.append(f"writer {lane}: {exc!r}")
+        with seen.cv:
+            seen.unexpected.append(f"writer {lane}: {exc!r}")
+            seen.cv.notify_all()
 
 
 def _rng_reader(driver: RngDriver, seen: Round) -> None:
     while not seen.stop.is_set():
         try:
-            if len(driver.read(16)) == 16:
+            got = len(driver.read(16))
+        except Exception as exc:
+            got = -1
+            seen.unexpected.append(f"rng: {exc!r}")
+        with seen.cv:
+            if got == 16:
                 seen.rng_reads += 1
             else:
                 seen.rng_failures += 1
-        except Exception as exc:
-            seen.rng_failures += 1
-            seen.unexpected.append(f"rng: {exc!r}")
-        time.sleep(0.002)
+            seen.cv.notify_all()
+        seen.stop.wait(0.002)  # pacing only: the other backend is read throughout
 
 
-def run(rounds: int, seed: int = 1, show: bool | None = False) -> dict[str, Any]:
+def _start(tmp: Path, image: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp / "bus.sock"), str(image), str(BLK)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    )
+
+
+def run(
+    rounds: int, seed: int = 1, show: bool | None = False, timeout_ms: int = TIMEOUT_MS
+) -> dict[str, Any]:
     """Kill the blk backend ``rounds`` times during I/O; return the summary."""
     rnd = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="vmsg-kb-"))
     image = tmp / "disk.img"
     image.write_bytes(bytes(8 << 20))
-    bus = LoopbackBus(BusParams(timeout_ms=TIMEOUT_MS), size=4 << 20)
+    bus = LoopbackBus(BusParams(timeout_ms=timeout_ms), size=4 << 20)
+    watch = Watch(bus)
     server = SocketServer(bus, tmp / "bus.sock").start()
     good = connect(tmp / "bus.sock")
     done: dict[int, bytes] = {}
     lock = threading.Lock()
     worst_request = worst_after_kill = 0.0
-    verified = failed_requests = rng_reads = rng_failures = 0
+    verified = failed_requests = rng_reads = rng_failures = acked = 0
+    kinds: Counter[str] = Counter()
     unexpected: list[str] = []
     start = time.monotonic()
     try:
@@ -139,16 +210,12 @@ def run(rounds: int, seed: int = 1, show: bool | None = False) -> dict[str, Any]
         with progress(show) as bar:
             task = bar.add_task("kill -9 blk backend", total=rounds, note="")
             for rnd_no in range(rounds + 1):
-                proc = subprocess.Popen(
-                    [sys.executable, "-c", CHILD, str(tmp / "bus.sock"), str(image), str(BLK)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
-                )
+                proc = _start(tmp, image)
                 try:
-                    if proc.stdout is None or proc.stdout.readline().strip() != "ready":
-                        raise RuntimeError(f"round {rnd_no}: the blk backend did not start")
-                    _wait_device(bus, BLK, True)
+                    watch.wait(watch.added, rnd_no + 1, "the blk device's ADD", proc)
                     entry = bus.device(BLK)
-                    assert entry is not None and isinstance(entry.driver, BlkDriver)
+                    if entry is None or not isinstance(entry.driver, BlkDriver):
+                        raise RuntimeError(f"round {rnd_no}: the blk device did not probe")
                     driver = entry.driver
                     with lock:
                         snapshot = dict(done)
@@ -169,18 +236,22 @@ def run(rounds: int, seed: int = 1, show: bool | None = False) -> dict[str, Any]
                     threads.append(threading.Thread(target=_rng_reader, args=(rng, seen)))
                     for t in threads:
                         t.start()
-                    time.sleep(0.05 + rnd.random() * 0.1)
+                    seen.wait_busy(WRITERS * rnd.randint(2, 10))
                     os.kill(proc.pid, signal.SIGKILL)
                     killed = time.monotonic()
                     for t in threads[:-1]:
                         t.join(WAIT)
                         if t.is_alive():
                             raise RuntimeError(f"round {rnd_no}: a writer hung after the kill")
-                    _wait_device(bus, BLK, False)
+                    watch.wait(watch.removed, rnd_no + 1, "the blk REMOVE", proc)
                     seen.stop.set()
                     threads[-1].join(WAIT)
+                    if threads[-1].is_alive():
+                        raise RuntimeError(f"round {rnd_no}: the rng reader hung")
                     unexpected += seen.unexpected
                     failed_requests += len(seen.failed)
+                    kinds += seen.kinds
+                    acked += seen.acked
                     rng_reads += seen.rng_reads
                     rng_failures += seen.rng_failures
                     for began, failed in seen.failed:
@@ -196,10 +267,12 @@ def run(rounds: int, seed: int = 1, show: bool | None = False) -> dict[str, Any]
         server.close()
         bus.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    bound = TIMEOUT_MS / 1000 * 1.1
+    bound = timeout_ms / 1000 * 1.1
     return {
-        "rounds": rounds, "writers": WRITERS, "timeout_ms": TIMEOUT_MS,
+        "rounds": rounds, "writers": WRITERS, "timeout_ms": timeout_ms,
+        "writes_acknowledged": acked,
         "failed_requests": failed_requests, "expected_failed_requests": rounds * WRITERS,
+        "failure_kinds": dict(kinds),
         "worst_failed_request_s": round(worst_request, 3),
         "worst_failure_after_kill_s": round(worst_after_kill, 3), "bound_s": bound,
         "within_bound": worst_request <= bound, "unexpected_errors": unexpected,
@@ -209,10 +282,14 @@ def run(rounds: int, seed: int = 1, show: bool | None = False) -> dict[str, Any]
     }
 
 
-def ok(summary: dict[str, Any]) -> bool:
-    """Whether a summary passes: bounded failures, one per writer, rng unaffected, no defects."""
+def ok(summary: dict[str, Any], *, timed: bool = True) -> bool:
+    """Whether a summary passes: one typed failure per writer, rng unaffected, no defects.
+
+    ``timed`` adds the bound on how long the failures took (the long run's
+    figure; a test on a loaded machine leaves it out).
+    """
     return bool(
-        summary["within_bound"]
+        (summary["within_bound"] or not timed)
         and summary["failed_requests"] == summary["expected_failed_requests"]
         and not summary["unexpected_errors"]
         and not summary["rng_failures"]
@@ -225,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--timeout-ms", type=int, default=TIMEOUT_MS)
     args = ap.parse_args(argv)
-    summary = run(args.rounds, args.seed, show=None)
+    summary = run(args.rounds, args.seed, show=None, timeout_ms=args.timeout_ms)
     print(json.dumps(summary), flush=True)
     return 0 if ok(summary) else 1
 
