@@ -14,7 +14,9 @@ each failed (the summary's ``passed`` requires timeout + 10 %, a figure for
 the long run; the CI test asserts no time).  A thread reads the rng device
 throughout: every read must succeed.  The next round's fresh backend (the
 reconnect) must show every write acknowledged before the kill on disk.
-Usage: ``python3 soak/kill_backend.py --rounds 50`` (one JSON summary line).
+Descriptors and RSS of this (the bus's) process are sampled after the first
+kill and reconnect and at the end.  Usage:
+``python3 soak/kill_backend.py --rounds 50`` (one JSON summary line).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from virtio_msg.devices.rng import RngDevice
 from virtio_msg.drivers.blk import BlkDriver
 from virtio_msg.drivers.rng import RngDriver
 from virtio_msg.errors import TransportError, VirtioMsgError
-from virtio_msg.testing import progress
+from virtio_msg.testing import fd_count, progress, rss_kib
 from virtio_msg.transport.params import BusParams
 
 BLK, RNG = 4, 5
@@ -200,6 +202,7 @@ def run(
     verified = failed_requests = rng_reads = rng_failures = acked = 0
     kinds: Counter[str] = Counter()
     unexpected: list[str] = []
+    fds0 = rss0 = rss_max = 0
     start = time.monotonic()
     try:
         good.serve(RNG, RngDevice(seed=seed))
@@ -223,6 +226,9 @@ def run(
                         if driver.read(offset, 512) != data:
                             raise RuntimeError(f"round {rnd_no}: byte {offset} lost its write")
                     verified += len(snapshot)
+                    if rnd_no == 1 or rounds == 0:  # after one kill and reconnect: warmed up
+                        fds0, rss0 = fd_count(), rss_kib()
+                    rss_max = max(rss_max, rss_kib())
                     if rnd_no == rounds:
                         break
                     seen = Round()
@@ -262,6 +268,7 @@ def run(
                     proc.wait(WAIT)
                 if rnd_no < rounds:
                     bar.update(task, advance=1, note=f"worst request {worst_request:.3f} s")
+        fds1, rss1 = fd_count(), rss_kib()  # the bus process, the last backend still up
     finally:
         good.close()
         server.close()
@@ -278,6 +285,9 @@ def run(
         "within_bound": worst_request <= bound, "unexpected_errors": unexpected,
         "rng_reads_during_kills": rng_reads, "rng_failures": rng_failures,
         "sectors_verified_after_restarts": verified,
+        "bus_fds_after_first_kill": fds0, "bus_fds_end": fds1,
+        "bus_rss_kib_after_first_kill": rss0, "bus_rss_kib_end": rss1,
+        "bus_rss_kib_max": max(rss_max, rss1),
         "seconds": round(time.monotonic() - start, 1),
     }
 
