@@ -1,8 +1,11 @@
 """The conformance tool's driver suite: the project's drivers pass the DRV- rules.
 
-In process (both wire profiles) and behind a ``virtio-msg bus`` process over
-the socket; each rule group also fails on a trace that breaks it, so the
-checks are real (DRV-23, DRV-28, DRV-60, DRV-65, DRV-08, DRV-33, DRV-57).
+In process (both wire profiles, and the strict configuration profile) and
+behind a ``virtio-msg bus`` process over the socket; each rule group also
+fails on a trace that breaks it, so the checks are real (DRV-23, DRV-28,
+DRV-60, DRV-65, DRV-08, DRV-33, DRV-57), and each deliberately broken driver
+fails exactly its provoking scenario (DRV-07, DRV-09/38, DRV-37, DRV-10,
+DRV-11, DRV-54).
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from pathlib import Path
 import pytest
 
 from virtio_msg.cli import main
-from virtio_msg.conformance.driver_check import (
-    Trace,
-    check_trace,
-    run_driver_suite,
-    run_driver_suite_socket,
-)
+from virtio_msg.conformance.broken_drivers import DRIVER_DEFECTS
+from virtio_msg.conformance.driver_check import Context, Trace, check_trace
+from virtio_msg.conformance.driver_provoke import PROVOCATIONS
+from virtio_msg.conformance.driver_suite import run_driver_suite, run_driver_suite_socket
+from virtio_msg.conformance.report import Outcome
 from virtio_msg.devices.catalog import make_device
+from virtio_msg.spec import VIRTIO_MSG_F_STRICT_CONFIG_GENERATION
 from virtio_msg.transport.params import BusParams
 from virtio_msg.wire import spec as S
 from virtio_msg.wire.translate import WireAdapter
@@ -39,14 +42,39 @@ def _quiet() -> Iterator[None]:
     logging.disable(logging.NOTSET)
 
 
-@pytest.mark.parametrize("profile", ["spec", "linux-rfc1"])
-def test_project_drivers_pass_every_drv_rule_group(profile: str) -> None:
-    report = run_driver_suite(["rng", "blk", "console", "i2c"], BusParams(profile))
+STRICT = BusParams("spec", None, VIRTIO_MSG_F_STRICT_CONFIG_GENERATION)
+BASE_TARGETS = {"rng", "blk", "console", "i2c", "rng, asynchronous reset",
+                "rng, refusing FEATURES_OK"}
+
+
+@pytest.mark.parametrize("params", [BusParams("spec"), BusParams("linux-rfc1"), STRICT],
+                         ids=["spec", "linux-rfc1", "spec-strict"])
+def test_project_drivers_pass_every_drv_rule_group_and_provocation(params: BusParams) -> None:
+    report = run_driver_suite(["rng", "blk", "console", "i2c"], params)
     assert report.ok, [r.line() for r in report.failed()]
+    served = [p for p in PROVOCATIONS if params.strict_config or not p.strict]
     targets = {r.target for r in report.results}
-    assert {"rng", "blk", "console", "i2c", "rng, asynchronous reset",
-            "rng, refusing FEATURES_OK"} == targets
-    assert len(report.results) == 6 * 7
+    assert targets == BASE_TARGETS | {p.label for p in PROVOCATIONS}
+    # Every rule group on every served device, and each provoking scenario passes
+    # (DRV-07, DRV-09/38, DRV-37, DRV-54; DRV-11 in the strict profile only).
+    assert len(report.results) == (6 + len(served)) * 7 + len(PROVOCATIONS)
+    verdicts = {r.scenario: r.outcome for r in report.results
+                if r.scenario in {p.name for p in PROVOCATIONS}}
+    for p in PROVOCATIONS:
+        want = Outcome.PASS if p in served else Outcome.SKIP
+        assert verdicts[p.name] is want, (p.name, [r.line() for r in report.results
+                                                   if r.scenario == p.name])
+
+
+@pytest.mark.parametrize("defect", sorted(DRIVER_DEFECTS))
+def test_each_broken_driver_fails_exactly_its_scenario(defect: str) -> None:
+    # DRV-07, DRV-09, DRV-10, DRV-11, DRV-37, DRV-38, DRV-54: the strict profile runs
+    # every provoking scenario, so each defect has the chance to show.
+    report = run_driver_suite(["rng"], STRICT, defect=defect)
+    scenario = DRIVER_DEFECTS[defect][1]
+    failed = {(r.scenario, r.target) for r in report.failed()}
+    assert len(failed) == 1 and next(iter(failed))[0] == scenario, \
+        [r.line() for r in report.failed()]
 
 
 def _trace(*msgs: object) -> Trace:
@@ -66,10 +94,9 @@ GOOD_START = (S.GetDeviceInfo(), [S.SetDeviceStatus(0), S.SetDeviceStatusResp(0)
               [S.SetDeviceStatus(11), S.SetDeviceStatusResp(11)])
 
 
-def _problems(trace: Trace) -> dict[str, str]:
-    model = make_device("rng")
-    return {name: problem for name, _ids, problem in
-            check_trace(trace, model, 264, 8, False) if problem}
+def _problems(trace: Trace, strict: bool = False) -> dict[str, str]:
+    ctx = Context(make_device("rng"), 264, 8, strict, WireAdapter("spec"))
+    return {name: problem for name, _ids, problem in check_trace(trace, ctx) if problem}
 
 
 def test_rule_groups_catch_broken_traces() -> None:
@@ -86,6 +113,11 @@ def test_rule_groups_catch_broken_traces() -> None:
     early = (S.GetDeviceInfo(), [S.SetDeviceStatus(0), S.SetDeviceStatusResp(1)],
              [S.SetDeviceStatus(1), S.SetDeviceStatusResp(1)])
     assert "DRV-57" in _problems(_trace(*early))["reset-polling"]
+    # DRV-10: in the strict profile a SET_CONFIG carries the generation last reported.
+    seen = [S.GetConfig(0, 0), S.GetConfigResp(7, 0, 0, b"")]
+    assert _problems(_trace(*GOOD_START, seen, S.SetConfig(7, 0, 0, b"")), strict=True) == {}
+    assert "DRV-10" in _problems(_trace(*GOOD_START, seen, S.SetConfig(6, 0, 0, b"")),
+                                 strict=True)["config-access"]
 
 
 def test_driver_cli_json_list_and_junit(tmp_path: Path,
@@ -98,7 +130,13 @@ def test_driver_cli_json_list_and_junit(tmp_path: Path,
     assert b"<testsuite" in junit.read_bytes()
     assert main(["conformance", "driver", "--list", "-k", "DRV-57"]) == 0
     assert capsys.readouterr().out.startswith("reset-polling")
-    assert main(["conformance", "driver", "--kernel"]) == 2
+    assert main(["conformance", "driver", "--list", "-k", "DRV-54"]) == 0
+    assert capsys.readouterr().out.startswith("needs-reset")
+    # A broken driver makes the command fail (exit 1), naming the scenario.
+    assert main(["conformance", "driver", "--types", "rng", "--broken",
+                 "ignores-needs-reset"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL     needs-reset" in out and "DRV-54" in out
 
 
 def test_driver_suite_behind_a_virtio_msg_bus_process() -> None:
@@ -123,7 +161,13 @@ def test_driver_suite_behind_a_virtio_msg_bus_process() -> None:
                 bus.wait()
     assert report.ok, [r.line() for r in report.failed()]
     assert {r.target for r in report.results} == {
-        "rng", "blk", "rng, asynchronous reset", "rng, refusing FEATURES_OK"}
+        "rng", "blk", "rng, asynchronous reset", "rng, refusing FEATURES_OK"} | {
+        p.label for p in PROVOCATIONS}
+    # The bus's own drivers react to the device's config events and reset request.
+    verdicts = {r.scenario: r.outcome for r in report.results}
+    assert verdicts["config-event-generic"] is Outcome.PASS
+    assert verdicts["config-event-before-io"] is Outcome.PASS
+    assert verdicts["needs-reset"] is Outcome.PASS
 
 
 def test_driver_cli_leaves_the_library_log_level_as_it_found_it() -> None:

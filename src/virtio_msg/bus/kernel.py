@@ -276,12 +276,15 @@ class KernelChannel:
         size: int | None = None,
         *,
         op_timeout_s: float = 60.0,
+        backend_class: type[Backend] = Backend,
     ) -> None:
         """Open the files, map the region at bus address ``base`` and start the reader.
 
         ``size``, when given (from the device tree or the command line), must
         equal the size the device reports; the mapping always has the
         device's size.  ``op_timeout_s`` bounds each ADD and REMOVE.
+        ``backend_class`` serves the devices (a recording one for the
+        conformance tool).
         """
         self.files = files
         self.op_timeout_s = op_timeout_s
@@ -308,7 +311,9 @@ class KernelChannel:
             self.lb.close()
             raise
         params = BusParams(profile="linux-rfc1", max_msg_size=KERNEL_FRAME_SIZE)
-        self.backend = Backend(self.region, params, kernel_compat=True, answer_kicks_first=False)
+        self.backend = backend_class(
+            self.region, params, kernel_compat=True, answer_kicks_first=False
+        )
         self.backend.attach(self)
         self._reader = threading.Thread(target=self._read_loop, name="kernel-reader", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name="kernel-writer", daemon=True)
@@ -336,9 +341,9 @@ class KernelChannel:
 
     # --- serving ----------------------------------------------------------------------------
 
-    def serve(self, dev_num: int, model: DeviceModel) -> None:
+    def serve(self, dev_num: int, model: DeviceModel, *, async_reset_polls: int = 0) -> None:
         """Serve ``model`` as device ``dev_num`` and ADD it (returns once the kernel probed it)."""
-        self.backend.serve(dev_num, model)
+        self.backend.serve(dev_num, model, async_reset_polls=async_reset_polls)
 
     def withdraw(self, dev_num: int) -> None:
         """REMOVE ``dev_num`` from the kernel and stop serving it."""

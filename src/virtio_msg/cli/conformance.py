@@ -9,8 +9,10 @@ Every device number offered is run through the scenarios of
 :mod:`virtio_msg.conformance`; one line per scenario, a summary, ``--json``,
 ``--junit FILE``, ``-k`` and ``--list``; exit 1 if any scenario failed.
 ``conformance driver`` plays devices instead and judges a driver side: the
-project's drivers behind the in-process bus, or a socket bus's drivers
-(``--socket PATH``, the tool connecting as a backend).
+project's drivers behind the in-process bus (``--broken DEFECT``: with one
+deliberate defect; ``--strict``: strict configuration profile), a socket
+bus's drivers (``--socket PATH``, the tool connecting as a backend), or the
+kernel's drivers behind the kernel channel (``--kernel``).
 """
 
 from __future__ import annotations
@@ -24,12 +26,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from virtio_msg.cli.common import add_codec_args
+from virtio_msg.bus.kernel import DEFAULT_LB_PATH, DEFAULT_SYSFS_DIR, DeviceFiles, KernelFiles
+from virtio_msg.cli.common import add_codec_args, parse_int
+from virtio_msg.cli.kernel import reader_wakeup
 from virtio_msg.conformance.broken import DEFECTS, BrokenBackend
-from virtio_msg.conformance.driver_check import RULES, run_driver_suite, run_driver_suite_socket
+from virtio_msg.conformance.broken_drivers import DRIVER_DEFECTS
+from virtio_msg.conformance.driver_check import RULES
+from virtio_msg.conformance.driver_provoke import PROVOCATIONS
+from virtio_msg.conformance.driver_suite import (
+    run_driver_suite,
+    run_driver_suite_kernel,
+    run_driver_suite_socket,
+)
 from virtio_msg.conformance.links import DeviceLink, InProcessLink, SocketLink
 from virtio_msg.conformance.report import Report
 from virtio_msg.conformance.runner import run_device_suite, select
+from virtio_msg.dt.live import LIVE_TREE, kernel_region
 from virtio_msg.errors import VirtioMsgError
 from virtio_msg.spec import VIRTIO_MSG_F_STRICT_CONFIG_GENERATION
 from virtio_msg.transport.params import BusParams
@@ -91,14 +103,35 @@ def add_parser(sub: Any) -> None:
                         help="connect to a socket bus at PATH (e.g. virtio-msg bus) as a "
                         "backend; its drivers are checked")
     dwhere.add_argument("--kernel", action="store_true",
-                        help="behind the kernel channel (not available: see docs/conformance.md)")
+                        help="serve the devices behind the kernel channel (the seed's "
+                        "/dev/virtio-msg-lb): the kernel's own virtio drivers are checked")
+    dwhere.add_argument("--broken", choices=sorted(DRIVER_DEFECTS), metavar="DEFECT",
+                        help="in process: the project's drivers with one deliberate defect "
+                        f"({', '.join(DRIVER_DEFECTS)})")
     d.add_argument("--types", default="rng,blk,console,i2c", metavar="TYPES",
                    help="device models to serve (default rng,blk,console,i2c)")
     d.add_argument("--first", type=int, default=0, metavar="N",
-                   help="with --socket: first device number to use (default 0)")
+                   help="with --socket or --kernel: first device number to use (default 0)")
     add_codec_args(d)
+    d.add_argument("--strict", action="store_true",
+                   help="in process: the bus selects the strict configuration profile")
     d.add_argument("--settle-ms", type=int, default=1000, metavar="MS",
-                   help="with --socket: quiet time that ends the driver's exercise (default 1000)")
+                   help="with --socket or --kernel: quiet time that ends the driver's exercise "
+                   "(default 1000)")
+    k = d.add_argument_group("kernel channel (--kernel)")
+    k.add_argument("--dev-dir", default=str(Path(DEFAULT_LB_PATH).parent), metavar="DIR",
+                   help="where the device files are (default /dev)")
+    k.add_argument("--lb", default=None, metavar="PATH", help="default DIR/virtio-msg-lb")
+    k.add_argument("--msg", default=None, metavar="PATH", help="default DIR/virtio-msg-0")
+    k.add_argument("--dt-root", default=LIVE_TREE, metavar="DIR",
+                   help=f"the live device tree the region is read from (default {LIVE_TREE})")
+    k.add_argument("--base", type=parse_int, default=None, metavar="ADDR",
+                   help="the region's bus address (default: from the device tree)")
+    k.add_argument("--size", type=parse_int, default=None, metavar="N",
+                   help="the region's size (default: what the device maps)")
+    k.add_argument("--op-timeout", type=float, default=60.0, metavar="S",
+                   help="bound on each ADD and REMOVE (default 60 s)")
+    k.add_argument("--sysfs-dir", default=DEFAULT_SYSFS_DIR, help=argparse.SUPPRESS)
     d.add_argument("-k", dest="pattern", metavar="PATTERN",
                    help="report only rule groups whose name or id contains PATTERN")
     d.add_argument("--list", action="store_true", help="list the rule groups and exit")
@@ -131,31 +164,52 @@ def _quiet_library_logs() -> Iterator[None]:
         logger.setLevel(old)
 
 
-def cmd_driver(args: argparse.Namespace) -> int:
-    """Run the driver suite; print the lines and the summary; 1 if anything failed."""
+def _driver_kernel(args: argparse.Namespace, types: list[str],
+                   files: KernelFiles | None) -> Report:
+    if args.base is not None:
+        base, size = args.base, args.size
+    else:
+        region = kernel_region(args.dt_root)
+        base, size = region.base, args.size if args.size is not None else region.size
+    if files is None:
+        files = DeviceFiles(args.lb or str(Path(args.dev_dir) / "virtio-msg-lb"),
+                            args.msg or str(Path(args.dev_dir) / "virtio-msg-0"), args.sysfs_dir)
+    reader_wakeup()
+    return run_driver_suite_kernel(files, base, size, types, first=args.first,
+                                   settle=args.settle_ms / 1000, op_timeout_s=args.op_timeout)
+
+
+def cmd_driver(args: argparse.Namespace, files: KernelFiles | None = None) -> int:
+    """Run the driver suite; print the lines and the summary; 1 if anything failed.
+
+    ``files`` replaces the kernel's device files with ``--kernel`` (tests).
+    """
     words = [w.strip().lower() for w in (args.pattern or "").split(",") if w.strip()]
 
     def wanted(name: str, ids: tuple[str, ...]) -> bool:
         return not words or any(w in name or any(w in i.lower() for i in ids) for w in words)
 
     if args.list:
-        for name, ids, _fn in RULES:
+        listing: list[tuple[str, tuple[str, ...], str]] = [
+            (name, ids, "") for name, ids, _fn in RULES]
+        listing += [(p.name, p.ids, p.title) for p in PROVOCATIONS]
+        for name, ids, title in listing:
             if wanted(name, ids):
-                print(f"{name:30} [{','.join(ids)}]")
+                print(f"{name:30} [{','.join(ids)}] {title}".rstrip())
         return 0
-    if args.kernel:
-        print("error: conformance driver --kernel is not built yet: the driver suite does "
-              "not run behind the kernel channel (virtio-msg backend --kernel)", file=sys.stderr)
-        return 2
     types = [t for t in args.types.split(",") if t]
+    strict = VIRTIO_MSG_F_STRICT_CONFIG_GENERATION if args.strict else 0
     try:
         with _quiet_library_logs():
             if args.socket:
                 report = run_driver_suite_socket(str(args.socket), types, first=args.first,
                                                  settle=args.settle_ms / 1000)
+            elif args.kernel:
+                report = _driver_kernel(args, types, files)
             else:
-                report = run_driver_suite(types, BusParams(args.profile, args.max_size))
-    except VirtioMsgError as exc:
+                report = run_driver_suite(types, BusParams(args.profile, args.max_size, strict),
+                                          defect=args.broken)
+    except (VirtioMsgError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     report.results = [r for r in report.results if wanted(r.scenario, r.ids)]

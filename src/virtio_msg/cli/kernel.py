@@ -35,7 +35,13 @@ from virtio_msg.dt.live import LIVE_TREE, kernel_region
 from virtio_msg.errors import ConfigError, VirtioMsgError
 from virtio_msg.transport.model import DeviceModel
 
-__all__ = ["add_kernel_arguments", "cmd_backend_kernel", "parse_kernel_devices", "serve_kernel"]
+__all__ = [
+    "add_kernel_arguments",
+    "cmd_backend_kernel",
+    "parse_kernel_devices",
+    "reader_wakeup",
+    "serve_kernel",
+]
 
 WAIT_SLICE = 0.5
 """The serving loop re-checks for a stop request this often, seconds."""
@@ -164,7 +170,7 @@ def cmd_backend_kernel(args: argparse.Namespace, files: KernelFiles | None = Non
         files = DeviceFiles(lb_path, msg_path, args.sysfs_dir)
     stop = threading.Event()
     with stop_on_signals(stop):
-        _reader_wakeup()
+        reader_wakeup()
         try:
             channel = KernelChannel(files, base, size, op_timeout_s=args.op_timeout)
         except FileNotFoundError as exc:
@@ -189,7 +195,7 @@ def cmd_backend_kernel(args: argparse.Namespace, files: KernelFiles | None = Non
         return serve_kernel(channel, devices, out, stop)
 
 
-def _reader_wakeup() -> None:
+def reader_wakeup() -> None:
     """Install a no-op SIGUSR1 handler: the channel's reader is woken with it at exit."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGUSR1, lambda signum, frame: None)

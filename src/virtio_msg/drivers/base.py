@@ -3,7 +3,11 @@
 A driver sees only its :class:`~virtio_msg.transport.driver.DriverTransport`:
 config ops and virtqueues, never messages (STYLE 8).  :meth:`Driver.probe`
 implements the common part of initialization once: the transport's init
-sequence, feature selection, the driver's queue setup, DRIVER_OK.
+sequence, feature selection, the driver's queue setup, DRIVER_OK.  Before new
+I/O a driver calls :meth:`Driver.ready_for_io`: after DEVICE_NEEDS_RESET it
+resets the device and initializes it again (DRV-54); after an EVENT_CONFIG it
+reads its configuration view again (:meth:`Driver.refresh_config`, DRV-09,
+DRV-37, DRV-38).
 """
 
 from __future__ import annotations
@@ -77,6 +81,23 @@ class Driver:
 
     def setup(self) -> None:
         """Device-specific setup after FEATURES_OK: config reads, find_vqs."""
+
+    def refresh_config(self) -> None:
+        """Read the config fields the driver relies on again (after an EVENT_CONFIG)."""
+
+    def recover(self) -> None:
+        """Reset the device (status 0, queues freed) and initialize it again."""
+        self.transport.del_vqs()
+        self.probe()
+
+    def ready_for_io(self) -> None:
+        """Call before new I/O: recover from DEVICE_NEEDS_RESET, re-read a changed config."""
+        t = self.transport
+        if t.needs_reset and not t.removed:
+            self.recover()  # DRV-54: write 0 and re-initialize before resuming I/O
+        if t.engine.config_stale:
+            t.engine.config_stale = False
+            self.refresh_config()  # DRV-37: the config view is current before I/O
 
     def remove(self) -> None:
         """Tear down (the transport frees the queues)."""

@@ -246,6 +246,11 @@ class BlkDriver(Driver):
         limit = min(self.max_segments * seg, REQUEST_CAP, pool_bytes // 8)
         self.max_request_bytes = max(SECTOR_SIZE, limit - limit % SECTOR_SIZE)
 
+    def refresh_config(self) -> None:
+        """Read the config space again (capacity and limits may have changed)."""
+        size = min(self.transport.get_device_info().config_size, CONFIG.size)
+        self.config = BlkConfig.unpack(self.transport.get_config(0, size))
+
     def has(self, bit: int) -> bool:
         """Whether device feature ``bit`` was negotiated."""
         return bool(self.features >> bit & 1)
@@ -309,6 +314,7 @@ class BlkDriver(Driver):
         if len({id(op) for op in ops}) != len(ops):
             raise ValueError("the same BlkOp appears twice in one execute()")
         with self._lock:
+            self.ready_for_io()
             if not self.vqs:
                 raise BlkError("the blk driver is not set up")
             t = self.transport

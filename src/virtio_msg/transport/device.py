@@ -449,8 +449,15 @@ class DeviceTransport:
     def _bump_generation(self) -> None:
         self.generation = (self.generation + 1) & _U32 or 1
 
-    def update_config(self, offset: int, data: bytes) -> None:
-        """Change config bytes and report them with EVENT_CONFIG (DEV-07, DEV-11, DEV-17)."""
+    def update_config(self, offset: int, data: bytes, *, announce: str = "data") -> None:
+        """Change config bytes and report them with EVENT_CONFIG (DEV-07, DEV-11, DEV-17).
+
+        ``announce``: ``data`` sends the new bytes when they fit, ``range``
+        names the range without data, ``generic`` sends offset = length = 0
+        without data (DEV-10).
+        """
+        if announce not in ("data", "range", "generic"):
+            raise ValueError(f"announce must be data, range or generic, not {announce!r}")
         with self._locked():
             cfg = self.model.config
             if offset < 0 or offset + len(data) > len(cfg):
@@ -460,16 +467,10 @@ class DeviceTransport:
             cfg[offset : offset + len(data)] = data
             self._bump_generation()
             room = self.params.max_size - self.params.header_size - _EVENT_CONFIG_OVERHEAD
-            payload = bytes(data) if len(data) <= room else b""
+            payload = bytes(data) if len(data) <= room and announce == "data" else b""
+            where = (0, 0) if announce == "generic" else (offset, len(data))
             self._event(
-                S.EventConfig(
-                    self.status,
-                    self.generation,
-                    offset,
-                    len(data),
-                    payload,
-                    dev_num=self.dev_num,
-                )
+                S.EventConfig(self.status, self.generation, *where, payload, dev_num=self.dev_num)
             )
 
     def needs_reset(self, reason: str) -> None:

@@ -113,6 +113,8 @@ class DriverEngine:
         self.info: DeviceInfo | None = None
         self.status = 0
         self.generation = 0
+        self.config_stale = False
+        """Set by every EVENT_CONFIG: the driver re-reads its config view before more I/O."""
         self.offered_features = 0
         self.negotiated_features = 0
         self.discarded: Counter[str] = Counter()
@@ -188,6 +190,7 @@ class DriverEngine:
         """Reset: SET_DEVICE_STATUS(0), then poll GET_DEVICE_STATUS until 0 (bounded)."""
         status = yield from self.set_status(0)
         self.negotiated_features = 0
+        self.config_stale = False  # the driver reads its config again while re-initializing
         if self.params.rfc1 or status == 0:
             self.status = 0
             return
@@ -292,6 +295,14 @@ class DriverEngine:
         self.generation = int(r.generation)
         return self.generation
 
+    def write_generation(self) -> int:
+        """The generation a SET_CONFIG carries: 0 (baseline, DRV-08) or the latest seen (DRV-10)."""
+        return self.generation if self.params.strict_config else 0
+
+    def after_rejection(self) -> Proc[None]:
+        """Strict: a write was rejected for its generation; re-read it before the retry (DRV-11)."""
+        yield from self.read_generation()
+
     def config_write(self, offset: int, data: bytes) -> Proc[bool]:
         """Write config bytes chunk by chunk; False if the device did not apply a chunk."""
         self._check_range(offset, len(data))
@@ -300,7 +311,7 @@ class DriverEngine:
         while pos < len(data):
             part = bytes(data[pos : pos + chunk])
             for attempt in range(2 if self.params.strict_config else 1):
-                gen = self.generation if self.params.strict_config else 0  # DRV-08/10
+                gen = self.write_generation()
                 r = yield from self._call(
                     S.SetConfig(gen, offset + pos, len(part), part), S.SetConfigResp
                 )
@@ -312,7 +323,7 @@ class DriverEngine:
                         f"SET_CONFIG of {len(part)} bytes answered with length {r.length} (DRV-52)"
                     )
                 if attempt == 0 and self.params.strict_config:
-                    yield from self.read_generation()  # DRV-11: re-read, then retry once
+                    yield from self.after_rejection()
             else:
                 return False
             pos += len(part)
@@ -387,6 +398,7 @@ class DriverEngine:
             return msg
         if type(msg) is S.EventConfig:
             self.generation = msg.generation
+            self.config_stale = True  # DRV-09, DRV-37, DRV-38
             if msg.device_status & C.Status.DEVICE_NEEDS_RESET:
                 self.status |= C.Status.DEVICE_NEEDS_RESET
             return msg
