@@ -16,6 +16,10 @@ unchanged::
         client.serve(0, make_device("rng"))
         client.wait()  # until the bus goes away
 
+:func:`accept_bus` is the same for a backend that listens and lets one bus
+connect (``virtio-msg backend --listen PATH``); after the connection nothing
+changes.
+
 Two threads: the *receive loop* answers every request the bus sends
 (including the probe that an ADD triggers) and EVENT_AVAIL; ADD and REMOVE
 block the *calling* thread until the bus's status arrives.  That split is
@@ -42,6 +46,8 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
@@ -498,4 +504,56 @@ def connect(
     return client
 
 
-__all__ = ["MAX_REGION_SIZE", "BackendClient", "connect"]
+def accept_bus(
+    path: str | os.PathLike[str],
+    *,
+    accept_timeout: float = 30.0,
+    timeout: float = 5.0,
+    control_timeout: float | None = None,
+    max_region_size: int = MAX_REGION_SIZE,
+    on_listening: Callable[[], None] | None = None,
+) -> BackendClient:
+    """A backend that listens: wait at ``path`` for one bus to connect, then as :func:`connect`.
+
+    The socket file is made as the bus makes its own (mode 0600, in a private
+    directory; docs/socket-protocol.md section 1) and removed once a bus
+    connected or ``accept_timeout`` passed.  A peer of another user is
+    refused.  After the connection the protocol is unchanged: the bus sends
+    ANNOUNCE with the region memfd, the backend ADDs its devices.
+    ``on_listening`` is called once the socket accepts connections.
+    """
+    from virtio_msg.bus.socket import listen
+    from virtio_msg.bus.socket_limits import PEERCRED
+
+    where = os.fspath(path)
+    listener = listen(Path(where))
+    try:
+        if on_listening is not None:
+            on_listening()
+        listener.settimeout(accept_timeout)
+        try:
+            sock, _addr = listener.accept()
+        except TimeoutError:
+            raise BusError(f"no bus connected to {where} within {accept_timeout:g} s") from None
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(where)
+    try:
+        sock.settimeout(None)
+        _pid, uid, _gid = PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+        )
+        if uid not in (os.geteuid(), 0):
+            raise BusError(f"{where}: refused a bus of uid {uid} (not this user)")
+        ann, region = _receive_announcement(sock, where, timeout, max_region_size)
+    except BaseException:
+        sock.close()
+        raise
+    client = BackendClient(sock, ann, region, control_timeout=control_timeout, path=where)
+    client.start()
+    log.info("backend: a bus connected at %s: profile %s", where, ann.profile.value)
+    return client
+
+
+__all__ = ["MAX_REGION_SIZE", "BackendClient", "accept_bus", "connect"]

@@ -2,13 +2,15 @@
 
 ``virtio-msg backend [--socket PATH] [N:]TYPE ...`` connects to a bus
 (``virtio-msg bus``, ``run --socket``), maps its region, ADDs the built-in
-device models and serves them until the bus goes away or it is interrupted
-(the devices are then REMOVEd).  ``virtio-msg backend vhost-user --socket
-PATH ...`` does the same for one device whose implementation is a vhost-user
-back end (qemu-storage-daemon, virtiofsd, DPDK); it exits 1 if the back end
-goes away, or, with ``--reconnect S``, REMOVEs the device, reconnects (within
-S seconds) when the back end is back and ADDs it again.  Since ``backend``
-takes device names as positionals, the vhost-user form has its own parser (:func:`main_vhost_user`).
+device models and serves them until the bus goes away or it is interrupted (the
+devices are then REMOVEd). With ``--listen PATH`` it listens instead and serves
+the one bus that connects (``conformance device --connect PATH``). ``virtio-msg
+backend vhost-user --socket PATH ...`` does the same for one device whose
+implementation is a vhost-user back end (qemu-storage-daemon, virtiofsd, DPDK);
+it exits 1 if the back end goes away, or, with ``--reconnect S``, REMOVEs the
+device, reconnects (within S seconds) when the back end is back and ADDs it
+again. Since ``backend`` takes device names as positionals, the vhost-user form
+has its own parser (:func:`main_vhost_user`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from virtio_msg.bus.client import BackendClient, connect
+from virtio_msg.bus.client import BackendClient, accept_bus, connect
 from virtio_msg.bus.socket import default_socket_path
 from virtio_msg.cli.common import Output, sigterm_as_interrupt, stop_on_signals
 from virtio_msg.cli.kernel import add_kernel_arguments, cmd_backend_kernel
@@ -54,16 +56,30 @@ def cmd_backend(args: argparse.Namespace) -> int:
         out.error(str(exc))
         return 2
     try:
-        client = connect(args.socket, timeout=args.connect_timeout)
+        if args.listen:
+            with sigterm_as_interrupt():
+                client = accept_bus(
+                    args.listen,
+                    accept_timeout=args.accept_timeout,
+                    timeout=args.connect_timeout,
+                    on_listening=lambda: out.emit(
+                        f"listening at {args.listen}", event="listening", socket=str(args.listen)
+                    ),
+                )
+        else:
+            client = connect(args.socket, timeout=args.connect_timeout)
     except VirtioMsgError as exc:
         out.error(str(exc))
         return 1
+    except KeyboardInterrupt:
+        return 130
     ann = client.announcement
+    where = args.listen or args.socket
     out.emit(
-        f"connected to {args.socket} (profile {ann.profile.value}, max message "
+        f"connected to {where} (profile {ann.profile.value}, max message "
         f"{ann.max_msg_size} bytes, region {ann.region_base:#x} + {ann.region_size:#x})",
         event="connected",
-        socket=str(args.socket),
+        socket=str(where),
         profile=ann.profile.value,
         max_msg_size=ann.max_msg_size,
         region={"base": ann.region_base, "size": ann.region_size},
@@ -135,6 +151,21 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         default=default,
         metavar="PATH",
         help=f"the bus's socket (default {default})",
+    )
+    p.add_argument(
+        "--listen",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="listen at PATH instead and let one bus connect (e.g. 'virtio-msg conformance "
+        "device --connect PATH'); the protocol is unchanged after the connection",
+    )
+    p.add_argument(
+        "--accept-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="with --listen: bound on waiting for the bus (default 60 s)",
     )
     p.add_argument(
         "devices",

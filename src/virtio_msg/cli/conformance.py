@@ -3,6 +3,8 @@
 The tool plays driver and bus.  ``--socket PATH``: it listens at PATH as the
 socket bus and a backend process (``virtio-msg backend --socket PATH``, or one
 in C or Rust speaking docs/socket-protocol.md) connects and adds its devices;
+``--connect PATH``: a backend listens at PATH (``virtio-msg backend --listen
+PATH``) and the tool connects to it, then plays the bus the same way;
 ``--builtin TYPES`` serves the project's own device models in this process
 (``--broken DEFECT`` gives them one deliberate defect, for the self-test).
 Every device number offered is run through the scenarios of
@@ -64,7 +66,8 @@ def add_parser(sub: Any) -> None:
     where.add_argument("--socket", type=Path, metavar="PATH",
                        help="listen at PATH as the socket bus; the backend connects")
     where.add_argument("--connect", type=Path, metavar="PATH",
-                       help="connect to a backend listening at PATH (not supported yet)")
+                       help="connect to a backend listening at PATH (e.g. virtio-msg backend "
+                       "--listen PATH) and be its bus")
     where.add_argument("--kernel", action="store_true",
                        help="no device side exists behind the kernel channel (the kernel is "
                        "a driver); see 'conformance driver'")
@@ -81,7 +84,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--silence-ms", type=int, default=150, metavar="MS",
                    help="how long 'no reply' must last (default 150)")
     p.add_argument("--wait-ms", type=int, default=30000, metavar="MS",
-                   help="with --socket: wait for the backend and its first ADD (default 30000)")
+                   help="with --socket or --connect: wait for the backend and its first ADD "
+                   "(default 30000)")
     p.add_argument("--settle-ms", type=int, default=500, metavar="MS",
                    help="with --socket: no ADD for this long ends discovery (default 500)")
     p.add_argument("-k", dest="pattern", metavar="PATTERN",
@@ -228,10 +232,13 @@ def _link(args: argparse.Namespace, params: BusParams) -> DeviceLink:
         for n, name in enumerate(t for t in args.builtin.split(",") if t):
             backend.serve(n, make_device(name))
         return link
-    sock = SocketLink(args.socket, params)
+    sock = SocketLink(args.connect or args.socket, params, listen=not args.connect)
     try:
-        print(f"waiting for a backend at {sock.path}", file=sys.stderr, flush=True)
-        sock.accept(args.wait_ms / 1000)
+        if args.connect:
+            sock.connect(args.wait_ms / 1000)
+        else:
+            print(f"waiting for a backend at {sock.path}", file=sys.stderr, flush=True)
+            sock.accept(args.wait_ms / 1000)
         sock.wait_devices(args.wait_ms / 1000, args.settle_ms / 1000)
     except BaseException:
         sock.close()
@@ -250,12 +257,8 @@ def cmd_device(args: argparse.Namespace) -> int:
         print("error: behind the kernel channel the kernel is the driver: there is no device "
               "side to check (use 'virtio-msg conformance driver')", file=sys.stderr)
         return 2
-    if args.connect:
-        print("error: --connect (a backend that listens) is not implemented; use --socket PATH "
-              "and let the backend connect", file=sys.stderr)
-        return 2
-    if not args.socket and not args.builtin:
-        print("error: give --socket PATH or --builtin TYPES", file=sys.stderr)
+    if not args.socket and not args.connect and not args.builtin:
+        print("error: give --socket PATH, --connect PATH or --builtin TYPES", file=sys.stderr)
         return 2
     if args.broken and not args.builtin:
         print("error: --broken needs --builtin", file=sys.stderr)

@@ -2,13 +2,13 @@
 
 A :class:`DeviceLink` is the tool's side of the bus: it owns the region the
 device maps, sends raw frames to the device side and queues every frame the
-device side sends back (bounded waits only).  :class:`InProcessLink` attaches
-a :class:`~virtio_msg.bus.backend.Backend` (or any object with ``attach`` and
+device side sends back (bounded waits only). :class:`InProcessLink` attaches a
+:class:`~virtio_msg.bus.backend.Backend` (or any object with ``attach`` and
 ``deliver``) directly; :class:`SocketLink` listens on a Unix SEQPACKET socket
-and plays the bus of ``docs/socket-protocol.md`` for one backend process that
-connects: ANNOUNCE with the region memfd, ADD / REMOVE answered OK at once (the
-tool probes the device itself, afterwards), bus PING answered, every transport
-frame queued for the scenarios.
+(or, for ``--connect``, dials a backend that listens) and plays the bus of
+``docs/socket-protocol.md`` for one backend process: ANNOUNCE with the region
+memfd, ADD / REMOVE answered OK at once (the tool probes the device itself,
+afterwards), bus PING answered, every transport frame queued for the scenarios.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from virtio_msg.bus.protocol import (
     Status,
     parse_control_request,
 )
+from virtio_msg.bus.socket_limits import PEERCRED
 from virtio_msg.errors import BusError, MalformedMessage, VirtioMsgError
 from virtio_msg.memory import Region
 from virtio_msg.transport.params import BusParams
@@ -122,7 +123,7 @@ class InProcessLink(DeviceLink):
 
 
 class SocketLink(DeviceLink):
-    """The tool as the socket bus for one backend process (``--socket PATH``)."""
+    """The tool as the socket bus for one backend process (``--socket`` or ``--connect PATH``)."""
 
     def __init__(
         self,
@@ -131,18 +132,26 @@ class SocketLink(DeviceLink):
         *,
         region_size: int = DEFAULT_REGION_SIZE,
         region_base: int = DEFAULT_REGION_BASE,
+        listen: bool = True,
     ) -> None:
-        """Listen at ``path`` (mode 0600; a stale socket file is replaced)."""
+        """Listen at ``path`` (mode 0600; a stale socket file is replaced).
+
+        With ``listen`` False the backend listens there instead and
+        :meth:`connect` dials it (``--connect PATH``).
+        """
         super().__init__(params, Region(region_size, base=region_base))
         self.path = Path(path)
         self.adapter = WireAdapter(params.profile, params.max_size)
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            self._bind()
-        except BaseException:
-            self._listener.close()
-            self.region.close()
-            raise
+        self._listener: socket.socket | None = None
+        if listen:
+            self._listener = socket.socket(socket.AF_UNIX,
+                                           socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            try:
+                self._bind()
+            except BaseException:
+                self._listener.close()
+                self.region.close()
+                raise
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._rx: threading.Thread | None = None
@@ -163,6 +172,7 @@ class SocketLink(DeviceLink):
                 raise BusError(f"{self.path}: another bus is listening there")
             finally:
                 probe.close()
+        assert self._listener is not None
         old = os.umask(0o177)
         try:
             self._listener.bind(str(self.path))
@@ -174,11 +184,45 @@ class SocketLink(DeviceLink):
 
     def accept(self, timeout: float) -> None:
         """Wait (bounded) for the backend, send ANNOUNCE and the memfd, start reading."""
+        if self._listener is None:
+            raise BusError("this link dials the backend: use connect()")
         self._listener.settimeout(timeout)
         try:
             sock, _ = self._listener.accept()
         except TimeoutError:
             raise BusError(f"no backend connected to {self.path} within {timeout:.1f} s") from None
+        self._start(sock)
+
+    def connect(self, timeout: float) -> None:
+        """Dial a backend listening at the path (retrying until it listens, bounded), then start.
+
+        The backend must run as this user (or root): the region's memfd goes to it.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            try:
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                sock.connect(str(self.path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise BusError(f"no backend listening at {self.path} within {timeout:.1f} s "
+                                   f"({exc.strerror})") from None
+                time.sleep(0.05)
+            except OSError as exc:
+                sock.close()
+                raise BusError(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
+        _pid, uid, _gid = PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        if uid not in (os.geteuid(), 0):
+            sock.close()
+            raise BusError(f"{self.path}: the backend listening there runs as uid {uid}, "
+                           "not as this user; refusing to pass it the region")
+        self._start(sock)
+
+    def _start(self, sock: socket.socket) -> None:
         sock.settimeout(None)
         ann = Announcement.for_bus(self.params, self.region.base, self.region.size, 64)
         socket.send_fds(sock, [ann.encode()], [self.region.fd])
@@ -260,9 +304,10 @@ class SocketLink(DeviceLink):
                 self._sock = None
         if self._rx is not None:
             self._rx.join(5.0)
-        self._listener.close()
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        if self._listener is not None:  # a dialled backend's socket file is its own
+            self._listener.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()
         super().close()
 
 
