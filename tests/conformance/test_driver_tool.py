@@ -25,7 +25,7 @@ import pytest
 from virtio_msg.cli import main
 from virtio_msg.conformance.broken_drivers import DRIVER_DEFECTS
 from virtio_msg.conformance.driver_check import Context, Trace, check_trace
-from virtio_msg.conformance.driver_provoke import PROVOCATIONS
+from virtio_msg.conformance.driver_provoke import PROVOCATIONS, judge
 from virtio_msg.conformance.driver_suite import run_driver_suite, run_driver_suite_socket
 from virtio_msg.conformance.report import Outcome
 from virtio_msg.devices.catalog import make_device
@@ -118,6 +118,43 @@ def test_rule_groups_catch_broken_traces() -> None:
     assert _problems(_trace(*GOOD_START, seen, S.SetConfig(7, 0, 0, b"")), strict=True) == {}
     assert "DRV-10" in _problems(_trace(*GOOD_START, seen, S.SetConfig(6, 0, 0, b"")),
                                  strict=True)["config-access"]
+
+
+def _marked(name: str, at: int, *msgs: object) -> Trace:
+    t = _trace(*msgs)
+    t.marks[name] = at
+    return t
+
+
+def test_provoking_judges_read_linux_style_traces() -> None:
+    # Linux's virtio_cread: generation (GET_CONFIG length 0), the field, generation
+    # again; the device changed the config at the field read (DRV-07).
+    p = {x.name: x for x in PROVOCATIONS}
+    gen, field = S.GetConfig(0, 0), S.GetConfig(0, 8)
+    torn = _marked("config-generation-reread", 1, gen, field, gen)
+    assert judge(p["config-generation-reread"], torn)[0] is Outcome.FAIL
+    again = _marked("config-generation-reread", 1, gen, field, gen, gen, field, gen)
+    assert judge(p["config-generation-reread"], again)[0] is Outcome.PASS
+    # A re-read only after some other message is not the generation loop.
+    late = _marked("config-generation-reread", 1, gen, field, gen, S.GetDeviceStatus(), field)
+    assert judge(p["config-generation-reread"], late)[0] is Outcome.FAIL
+    # DRV-38 / DRV-37: the refresh counts only with data (length > 0), and for
+    # DRV-37 only before the next EVENT_AVAIL.
+    assert judge(p["config-event-generic"], _marked("config-event-generic", 0, gen))[0] \
+        is Outcome.FAIL
+    ev = S.EventAvail(0, 0)
+    assert judge(p["config-event-before-io"],
+                 _marked("config-event-before-io", 0, ev, field))[0] is Outcome.FAIL
+    assert judge(p["config-event-before-io"],
+                 _marked("config-event-before-io", 0, field, ev))[0] is Outcome.PASS
+    assert judge(p["config-event-before-io"], _marked("config-event-before-io", 0, field))[0] \
+        is Outcome.SKIP  # no I/O after the event: nothing to judge
+    # DRV-54: a driver that resets and stops passes; one that resets and kicks
+    # before a new DRIVER_OK fails; no mark at all is a skip, never a pass.
+    reset = [S.SetDeviceStatus(0), S.SetDeviceStatusResp(0)]
+    assert judge(p["needs-reset"], _marked("needs-reset", 0, reset))[0] is Outcome.PASS
+    assert judge(p["needs-reset"], _marked("needs-reset", 0, reset, ev))[0] is Outcome.FAIL
+    assert judge(p["needs-reset"], _trace(reset))[0] is Outcome.SKIP
 
 
 def test_driver_cli_json_list_and_junit(tmp_path: Path,
