@@ -2,7 +2,8 @@
 
 REMOVE/ADD cycles with verified blk I/O in flight (no deadlock: every cycle
 bounded; no lost write; the rng device on another number keeps working), the
-mixed soak, and kill -9 of a blk backend process during I/O.  Leak bounds:
+mixed soak, kill -9 of a blk backend process during I/O, and kill -9 of
+qemu-storage-daemon under a ``backend vhost-user --reconnect`` bridge.  Leak bounds:
 descriptors, counted after a garbage collection, may grow by 2 at most; RSS
 by 8 MiB.  Nothing here asserts on time: the kill test waits on the bus's
 ADD/REMOVE reports and the writers' acknowledgements, every wait bounded, and
@@ -13,6 +14,7 @@ request time out before the kill (the long run measures the 1 s bound).
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -57,4 +59,22 @@ def test_kill_9_of_a_blk_backend_fails_in_flight_io_and_keeps_acknowledged_write
     assert summary["writes_acknowledged"] >= 3 * 2 * kill.WRITERS  # the kill hit a stream of I/O
     assert summary["rng_failures"] == 0 and summary["rng_reads_during_kills"] >= 3  # other backend
     assert summary["sectors_verified_after_restarts"] > 0  # acknowledged writes survived
+    assert kill.ok(summary, timed=False)
+
+
+def test_kill_9_of_qemu_storage_daemon_bridge_reconnects_and_keeps_acknowledged_writes() -> None:
+    kill = _load("kill_vhost")
+    if not os.access(kill.QSD, os.X_OK):
+        pytest.skip(f"qemu-storage-daemon is not installed ({kill.QSD}; Debian qemu-system-common)")
+    # A lost write or a hang (any bounded wait running out) raises inside the run.
+    summary = kill.run(3, seed=16, timeout_ms=10_000)
+    assert summary["unexpected_errors"] == [], summary  # only typed errors
+    assert summary["failed_requests"] == 3 * kill.WRITERS, summary  # every in-flight one failed
+    assert "timeout" not in summary["failure_kinds"], summary  # noticed, not timed out
+    assert summary["writes_acknowledged"] >= 3 * 2 * kill.WRITERS  # the kill hit a stream of I/O
+    assert summary["rng_failures"] == 0 and summary["rng_reads_during_kills"] >= 3  # other backend
+    assert summary["sectors_verified_after_restarts"] > 0  # acknowledged writes survived
+    # the bridge REMOVEd, reconnected and ADDed again each round, and exited cleanly
+    assert summary["expected_bridge_events"] and summary["bridge_exit_status"] == 0, summary
+    assert summary["bridge_fds_end"] <= summary["bridge_fds_start"] + 2, summary
     assert kill.ok(summary, timed=False)

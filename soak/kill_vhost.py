@@ -1,0 +1,455 @@
+"""kill -9 qemu-storage-daemon under a ``backend vhost-user --reconnect`` bridge, many times.
+
+A bus (this process) serves its socket; ``virtio-msg backend vhost-user
+--reconnect`` (a separate process, the bridge) serves a blk device whose
+implementation is qemu-storage-daemon exporting an image file over
+vhost-user, and a second backend (in this process, over the same socket)
+serves an rng device.  Each round waits for the bus to report the blk device
+probed, checks that every write acknowledged so far is there (read through
+the new device and from the image file itself), runs several writer threads,
+waits until they have had a random number of writes acknowledged, kills
+qemu-storage-daemon with SIGKILL, waits for every writer's in-flight request
+to fail and for the bus to report the device removed, and starts
+qemu-storage-daemon again: the bridge must reconnect and ADD the device again
+by itself.  Every wait is on an event (the bus's ADD/REMOVE callbacks, the
+writers' acknowledgements and failures, a process exiting) and bounded;
+nothing sleeps to let something happen.  A thread reads the rng device
+throughout: every read must succeed.  A writer's request may only fail with
+a typed error that is not a timeout; how long it took (from the call) is
+checked against the request timeout + 10 % in the long run's summary (the CI
+test asserts no time).  Descriptors and RSS of the bridge process are read
+from ``/proc`` at the start, after the first reconnect and at the end.
+Usage: ``python3 soak/kill_vhost.py --rounds 50`` (one JSON summary line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from virtio_msg.bus import DeviceEntry, LoopbackBus
+from virtio_msg.bus.client import connect
+from virtio_msg.bus.socket import SocketServer
+from virtio_msg.devices.rng import RngDevice
+from virtio_msg.drivers.blk import BlkDriver
+from virtio_msg.drivers.rng import RngDriver
+from virtio_msg.errors import TransportError, VirtioMsgError
+from virtio_msg.testing import progress
+from virtio_msg.transport.params import BusParams
+
+BLK, RNG = 4, 5
+TIMEOUT_MS = 1000
+"""The bus's request timeout for the long run (the CI test uses a longer one)."""
+WRITERS = 3
+WAIT = 60.0
+"""Bound on every wait of the script, seconds (a wait that runs out is a hang)."""
+IMAGE = 8 << 20
+QSD = shutil.which("qemu-storage-daemon") or "/usr/bin/qemu-storage-daemon"
+
+
+def qsd_argv(image: Path, sock: Path) -> list[str]:
+    """qemu-storage-daemon exporting ``image`` as a writable vhost-user-blk on ``sock``."""
+    return [
+        QSD,
+        "--blockdev", f"driver=file,node-name=file0,filename={image}",
+        "--export",
+        f"type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={sock},"
+        "writable=on,num-queues=1",
+    ]
+
+
+def proc_fds(pid: int) -> int:
+    """Open descriptors of process ``pid`` (``/proc/PID/fd``)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def proc_rss_kib(pid: int) -> int:
+    """Resident set size of process ``pid`` in KiB (VmRSS of ``/proc/PID/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS line in /proc/{pid}/status")
+
+
+class Watch:
+    """What the bus reports about the blk device (its ADD/REMOVE callbacks), to wait on."""
+
+    def __init__(self, bus: LoopbackBus) -> None:
+        """Count ADDs and REMOVEs of every number from now on."""
+        self.cv = threading.Condition()
+        self.added: Counter[int] = Counter()
+        self.removed: Counter[int] = Counter()
+        bus.on_added.append(lambda e: self._note(self.added, e))
+        bus.on_removed.append(lambda e: self._note(self.removed, e))
+
+    def _note(self, where: Counter[int], entry: DeviceEntry) -> None:
+        with self.cv:
+            where[entry.dev_num] += 1
+            self.cv.notify_all()
+
+    def wait(
+        self, counts: Counter[int], at_least: int, what: str,
+        alive: dict[str, subprocess.Popen[bytes]],
+    ) -> None:
+        """Wait until ``counts[BLK]`` reaches ``at_least`` (re-checked on every report).
+
+        Fails if a process in ``alive`` (name: process) exits first.
+        """
+        deadline = time.monotonic() + WAIT
+        with self.cv:
+            while counts[BLK] < at_least:
+                for name, proc in alive.items():
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"{name} exited ({proc.returncode}) before {what}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"hang: {what} did not happen within {WAIT:.0f} s")
+                self.cv.wait(min(left, 1.0))  # woken by the report; the slice checks the children
+
+
+class Round:
+    """What the threads of one round saw: failed requests, unexpected errors, rng reads."""
+
+    def __init__(self) -> None:
+        """Nothing seen yet."""
+        self.failed: list[tuple[float, float]] = []
+        """(call started, call failed), monotonic seconds, one per writer."""
+        self.kinds: Counter[str] = Counter()
+        """How the writers' requests failed (TransportError kinds, else the class name)."""
+        self.unexpected: list[str] = []
+        self.acked = 0
+        self.cv = threading.Condition()
+        self.rng_reads = 0
+        self.rng_failures = 0
+        self.stop = threading.Event()
+
+    def wait_busy(self, count: int) -> None:
+        """Wait until the writers have had ``count`` writes acknowledged and the rng was read.
+
+        Returns early if every writer already stopped (the summary then shows why).
+        """
+        deadline = time.monotonic() + WAIT
+        with self.cv:
+            while (self.acked < count or not self.rng_reads) and (
+                len(self.failed) + len(self.unexpected) < WRITERS
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"hang: {count} writes not acknowledged in {WAIT:.0f} s")
+                self.cv.wait(left)
+
+
+def _writer(
+    driver: BlkDriver, rnd: random.Random, lane: int, done: dict[int, bytes],
+    lock: threading.Lock, seen: Round,
+) -> None:
+    offset, data, began = 0, b"", 0.0
+    try:
+        while True:
+            # Byte offsets; each write owns a 2 KiB slot and lanes never share slots.
+            offset = (lane * 1000 + rnd.randrange(1000)) * 2048
+            data = rnd.randbytes(512 * rnd.randint(1, 4))
+            began = time.monotonic()
+            driver.write(offset, data)
+            with lock:
+                for i in range(0, len(data), 512):
+                    done[offset + i] = data[i : i + 512]
+            with seen.cv:
+                seen.acked += 1
+                seen.cv.notify_all()
+    except VirtioMsgError as exc:
+        failed = time.monotonic()
+        with lock:  # the failed write may or may not have reached the disk
+            for i in range(0, len(data), 512):
+                done.pop(offset + i, None)
+        with seen.cv:
+            seen.failed.append((began, failed))
+            seen.kinds[exc.kind if isinstance(exc, TransportError) else type(exc).__name__] += 1
+            seen.cv.notify_all()
+    except Exception as exc:  # anything else is a defect the run reports
+        with seen.cv:
+            seen.unexpected.append(f"writer {lane}: {exc!r}")
+            seen.cv.notify_all()
+
+
+def _rng_reader(driver: RngDriver, seen: Round) -> None:
+    while not seen.stop.is_set():
+        try:
+            got = len(driver.read(16))
+        except Exception as exc:
+            got = -1
+            seen.unexpected.append(f"rng: {exc!r}")
+        with seen.cv:
+            if got == 16:
+                seen.rng_reads += 1
+            else:
+                seen.rng_failures += 1
+            seen.cv.notify_all()
+        seen.stop.wait(0.002)  # pacing only: the other backend is read throughout
+
+
+def _verify(driver: BlkDriver, image: Path, snapshot: dict[int, bytes], where: str) -> None:
+    """Every acknowledged write, through the device and in the image file itself."""
+    with open(image, "rb") as f:
+        for offset, data in snapshot.items():
+            if driver.read(offset, 512) != data:
+                raise RuntimeError(f"{where}: byte {offset} lost its write (read via the device)")
+            f.seek(offset)
+            if f.read(512) != data:
+                raise RuntimeError(f"{where}: byte {offset} lost its write (in the image file)")
+
+
+class Children:
+    """qemu-storage-daemon and the bridge: started, killed, always reaped (bounded)."""
+
+    def __init__(self, tmp: Path, image: Path) -> None:
+        """Nothing started yet; logs and sockets go into ``tmp``."""
+        self.tmp, self.image = tmp, image
+        self.vub = tmp / "vub.sock"
+        self.qsd: subprocess.Popen[bytes] | None = None
+        self.bridge: subprocess.Popen[bytes] | None = None
+
+    def _popen(self, argv: list[str], name: str) -> subprocess.Popen[bytes]:
+        out, err = self.tmp / f"{name}.out", self.tmp / f"{name}.err"
+        with open(out, "ab") as stdout, open(err, "ab") as stderr:
+            return subprocess.Popen(
+                argv, cwd=self.tmp, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+            )
+
+    def start_qsd(self) -> None:
+        """Start qemu-storage-daemon (a killed one's socket file is removed first)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.vub.unlink()
+        self.qsd = self._popen(qsd_argv(self.image, self.vub), "qsd")
+
+    def wait_socket(self) -> None:
+        """Wait (bounded) for qemu-storage-daemon's socket, before the bridge's first connect."""
+        deadline = time.monotonic() + WAIT
+        while not self.vub.exists():
+            assert self.qsd is not None
+            if self.qsd.poll() is not None:
+                raise RuntimeError(f"qemu-storage-daemon exited at start: {self.log('qsd')}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"hang: no qemu-storage-daemon socket in {WAIT:.0f} s")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.qsd.wait(0.02)  # returns early if it exits
+
+    def start_bridge(self, bus_sock: Path) -> None:
+        """Start ``virtio-msg backend vhost-user --reconnect`` between the two sockets."""
+        self.bridge = self._popen(
+            [sys.executable, "-m", "virtio_msg", "backend", "vhost-user", "--socket", str(self.vub),
+             "--bus", str(bus_sock), "--dev-num", str(BLK), "--type", "blk",
+             "--reconnect", str(WAIT), "--json"],
+            "bridge",
+        )
+
+    def kill_qsd(self) -> None:
+        """SIGKILL qemu-storage-daemon and reap it."""
+        assert self.qsd is not None
+        os.kill(self.qsd.pid, signal.SIGKILL)
+        self.qsd.wait(WAIT)
+
+    def stop_bridge(self) -> int:
+        """SIGTERM the bridge (it REMOVEs the device and exits); its exit status."""
+        assert self.bridge is not None
+        self.bridge.send_signal(signal.SIGTERM)
+        try:
+            return self.bridge.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"hang: the bridge did not exit in {WAIT:.0f} s") from None
+
+    def events(self) -> list[str]:
+        """The bridge's JSON events so far."""
+        text = (self.tmp / "bridge.out").read_text()
+        return [json.loads(line)["event"] for line in text.splitlines() if line.strip()]
+
+    def log(self, name: str) -> str:
+        """The end of a child's stderr (for failure messages)."""
+        with contextlib.suppress(OSError):
+            return (self.tmp / f"{name}.err").read_text(errors="replace")[-1500:]
+        return ""
+
+    def close(self) -> None:
+        """Kill whatever still runs, reap it (bounded)."""
+        for proc in (self.bridge, self.qsd):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(WAIT)
+
+
+def run(
+    rounds: int, seed: int = 1, show: bool | None = False, timeout_ms: int = TIMEOUT_MS
+) -> dict[str, Any]:
+    """Kill qemu-storage-daemon ``rounds`` times during I/O; return the summary."""
+    rnd = random.Random(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="vmsg-kv-"))
+    image = tmp / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(IMAGE)
+    bus = LoopbackBus(BusParams(timeout_ms=timeout_ms), size=4 << 20)
+    watch = Watch(bus)
+    server = SocketServer(bus, tmp / "bus.sock").start()
+    good = connect(tmp / "bus.sock")
+    kids = Children(tmp, image)
+    done: dict[int, bytes] = {}
+    lock = threading.Lock()
+    worst_request = worst_after_kill = 0.0
+    verified = failed_requests = rng_reads = rng_failures = acked = 0
+    kinds: Counter[str] = Counter()
+    unexpected: list[str] = []
+    fds: list[int] = []
+    rss: list[int] = []
+    rss_max = 0
+    status: int | None = None
+    events: list[str] = []
+    start = time.monotonic()
+    try:
+        good.serve(RNG, RngDevice(seed=seed))
+        rng_entry = bus.device(RNG)
+        if rng_entry is None or not isinstance(rng_entry.driver, RngDriver):
+            raise RuntimeError("the rng device did not probe")
+        rng = rng_entry.driver
+        kids.start_qsd()
+        kids.wait_socket()
+        kids.start_bridge(tmp / "bus.sock")
+        assert kids.bridge is not None and kids.qsd is not None
+        bridge = kids.bridge
+        with progress(show) as bar:
+            task = bar.add_task("kill -9 qemu-storage-daemon", total=rounds, note="")
+            for rnd_no in range(rounds + 1):
+                alive = {"the bridge": bridge, "qemu-storage-daemon": kids.qsd}
+                watch.wait(watch.added, rnd_no + 1, f"round {rnd_no}: the blk device's ADD", alive)
+                entry = bus.device(BLK)
+                if entry is None or not isinstance(entry.driver, BlkDriver):
+                    raise RuntimeError(f"round {rnd_no}: the blk device did not probe")
+                driver = entry.driver
+                with lock:
+                    snapshot = dict(done)
+                _verify(driver, image, snapshot, f"round {rnd_no}")
+                verified += len(snapshot)
+                if rnd_no <= 1:  # at the start, and after one kill and reconnect
+                    fds.append(proc_fds(bridge.pid))
+                    rss.append(proc_rss_kib(bridge.pid))
+                rss_max = max(rss_max, proc_rss_kib(bridge.pid))
+                if rnd_no == rounds:
+                    break
+                seen = Round()
+                threads = [
+                    threading.Thread(
+                        target=_writer,
+                        args=(driver, random.Random(rnd.random()), i, done, lock, seen),
+                    )
+                    for i in range(WRITERS)
+                ]
+                threads.append(threading.Thread(target=_rng_reader, args=(rng, seen)))
+                for t in threads:
+                    t.start()
+                seen.wait_busy(WRITERS * rnd.randint(2, 10))
+                kids.kill_qsd()
+                killed = time.monotonic()
+                for t in threads[:-1]:
+                    t.join(WAIT)
+                    if t.is_alive():
+                        raise RuntimeError(f"round {rnd_no}: a writer hung after the kill")
+                watch.wait(watch.removed, rnd_no + 1, f"round {rnd_no}: the blk REMOVE",
+                           {"the bridge": bridge})
+                seen.stop.set()
+                threads[-1].join(WAIT)
+                if threads[-1].is_alive():
+                    raise RuntimeError(f"round {rnd_no}: the rng reader hung")
+                unexpected += seen.unexpected
+                failed_requests += len(seen.failed)
+                kinds += seen.kinds
+                acked += seen.acked
+                rng_reads += seen.rng_reads
+                rng_failures += seen.rng_failures
+                for began, failed in seen.failed:
+                    worst_request = max(worst_request, failed - began)
+                    worst_after_kill = max(worst_after_kill, failed - killed)
+                kids.start_qsd()
+                bar.update(task, advance=1, note=f"worst request {worst_request:.3f} s")
+        fds.append(proc_fds(bridge.pid))
+        rss.append(proc_rss_kib(bridge.pid))
+        status = kids.stop_bridge()
+        events = kids.events()
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\nbridge: {kids.log('bridge')}\nqsd: {kids.log('qsd')}") from None
+    finally:
+        kids.close()
+        good.close()
+        server.close()
+        bus.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    bound = timeout_ms / 1000 * 1.1
+    return {
+        "rounds": rounds, "writers": WRITERS, "timeout_ms": timeout_ms,
+        "writes_acknowledged": acked,
+        "failed_requests": failed_requests, "expected_failed_requests": rounds * WRITERS,
+        "failure_kinds": dict(kinds),
+        "worst_failed_request_s": round(worst_request, 3),
+        "worst_failure_after_kill_s": round(worst_after_kill, 3), "bound_s": bound,
+        "within_bound": worst_request <= bound, "unexpected_errors": unexpected,
+        "rng_reads_during_kills": rng_reads, "rng_failures": rng_failures,
+        "sectors_verified_after_restarts": verified,
+        "bridge_events": dict(Counter(events)),
+        "expected_bridge_events": events == ["added"] + ["removed", "reconnected", "added"] * rounds
+        + ["removed"],
+        "bridge_exit_status": status,
+        "bridge_fds_start": fds[0], "bridge_fds_after_first_reconnect": fds[1] if rounds else None,
+        "bridge_fds_end": fds[-1],
+        "bridge_rss_kib_start": rss[0],
+        "bridge_rss_kib_after_first_reconnect": rss[1] if rounds else None,
+        "bridge_rss_kib_end": rss[-1], "bridge_rss_kib_max": max(rss_max, rss[-1]),
+        "seconds": round(time.monotonic() - start, 1),
+    }
+
+
+def ok(summary: dict[str, Any], *, timed: bool = True) -> bool:
+    """Whether a summary passes: one typed, non-timeout failure per writer, rng unaffected.
+
+    Also: the bridge reconnected every round and exited cleanly.  ``timed``
+    adds the bound on how long the failures took (the long run's figure; a
+    test on a loaded machine leaves it out).
+    """
+    return bool(
+        (summary["within_bound"] or not timed)
+        and summary["failed_requests"] == summary["expected_failed_requests"]
+        and "timeout" not in summary["failure_kinds"]
+        and not summary["unexpected_errors"]
+        and not summary["rng_failures"]
+        and summary["rng_reads_during_kills"] > 0
+        and summary["expected_bridge_events"]
+        and summary["bridge_exit_status"] == 0
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run the rounds, print the JSON summary; exit 1 if it does not pass."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--timeout-ms", type=int, default=TIMEOUT_MS)
+    args = ap.parse_args(argv)
+    if not os.access(QSD, os.X_OK):
+        print(f"qemu-storage-daemon is not installed ({QSD})", file=sys.stderr)
+        return 2
+    summary = run(args.rounds, args.seed, show=None, timeout_ms=args.timeout_ms)
+    print(json.dumps(summary), flush=True)
+    return 0 if ok(summary) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
