@@ -9,6 +9,12 @@ noisy machine moves both numbers together and the ratio stays meaningful.
 * ``bidirectional``: map + unmap of a ``BIDIRECTIONAL`` mapping -- a copy in and
   a copy out -- against ``view[:] = data; bytes(view)``.
 
+* ``floor``: the same copy through :class:`Skeleton`, the least a thread-safe
+  bounce pool can do in Python (a lock, a slot from a free list, the copy, a
+  record of the live mapping; on unmap the lookup, the removal and the slot
+  given back), with none of the pool's checks: no pool written in Python
+  gets above this ratio, whatever its design.
+
 ``ratio`` is baseline time / bounce time (throughput of the bounce path as a
 fraction of the bare copy's); the targets are >= 0.5 at 4 KiB and >= 0.8 from 64 KiB.  Run as
 ``python benchmarks/bench_pool.py`` (``--rounds`` and ``--budget`` trade time
@@ -18,6 +24,7 @@ for stability).
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from collections.abc import Callable
 
@@ -26,6 +33,32 @@ from virtio_msg.memory import DmaDirection, DmaPool, Region
 
 SIZES = (4 * 1024, 64 * 1024, 256 * 1024)
 TARGETS = {4 * 1024: 0.5, 64 * 1024: 0.8, 256 * 1024: 0.8}
+
+
+class Skeleton:
+    """The least work of a thread-safe bounce pool in Python (no checks, no statistics)."""
+
+    def __init__(self, view: memoryview, slot_size: int) -> None:
+        """Slots of ``slot_size`` bytes over ``view``."""
+        self.view = view
+        self.slot_size = slot_size
+        self.free = list(range(view.nbytes // slot_size))
+        self.live: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def map(self, data: bytes) -> int:
+        """Copy ``data`` into a free slot run; return its offset."""
+        with self.lock:
+            off = self.free.pop() * self.slot_size
+            self.view[off : off + len(data)] = data
+            self.live[off] = len(data)
+        return off
+
+    def unmap(self, off: int) -> None:
+        """Forget the mapping at ``off`` and give its slot back."""
+        with self.lock:
+            del self.live[off]
+            self.free.append(off // self.slot_size)
 
 
 def calibrate(run: Callable[[int], None], budget_s: float) -> int:
@@ -81,12 +114,20 @@ def bench_size(
         for _ in range(loops):
             pool_unmap(pool_map(data, bidi))
 
+    skeleton = Skeleton(region.view(region.base + region.size - 2 * max(SIZES), size), size)
+    sk_map, sk_unmap = skeleton.map, skeleton.unmap
+
+    def floor(loops: int) -> None:
+        for _ in range(loops):
+            sk_unmap(sk_map(data))
+
     t = best_ns(
         {
             "bare_in": bare_in,
             "to_device": bounce_to_device,
             "bare_in_out": bare_in_out,
             "bidirectional": bounce_bidirectional,
+            "floor": floor,
         },
         rounds,
         budget_s,
@@ -98,6 +139,9 @@ def bench_size(
     ):
         figures.append(figure(f"pool bounce {size // 1024} KiB {label}", bounce, "ns",
                               bare, bare / bounce, f">= {TARGETS[size]}"))
+    figures.append(figure(f"pool bounce {size // 1024} KiB floor (skeleton pool)", t["floor"],
+                          "ns", t["bare_in"], t["bare_in"] / t["floor"]))
+    skeleton.view.release()
     view.release()
     return figures
 
@@ -109,7 +153,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per figure")
     args = parser.parse_args()
     with Region(4 * 1024 * 1024) as region:
-        pool = DmaPool(region, pool_size=region.size - max(SIZES))
+        pool = DmaPool(region, pool_size=region.size - 2 * max(SIZES))
         figures = []
         for size in SIZES:
             figures += bench_size(pool, region, size, args.rounds, args.budget)

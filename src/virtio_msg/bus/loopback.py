@@ -36,6 +36,7 @@ same bytes over SOCK_SEQPACKET.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -146,6 +147,7 @@ class LoopbackBus:
         self.region = Region(size, base)
         self.pool = DmaPool(self.region)
         self.adapter = WireAdapter(self.params.profile, self.params.max_size)
+        self._rfc1 = self.adapter.rfc1
         self.drivers = DRIVERS if drivers is None else drivers
         self.channels: list[Channel] = []
         self._lock = threading.Lock()
@@ -280,10 +282,7 @@ class LoopbackBus:
     # --- driver-side requests -------------------------------------------------------------
 
     def _requester(self, dev_num: int) -> Callable[[Message], Message]:
-        def request(msg: Message) -> Message:
-            return self._request(dev_num, msg)
-
-        return request
+        return functools.partial(self._request, dev_num)  # C-level: no extra Python frame
 
     def _alloc_token(self) -> int:
         for _ in range(0x10000):
@@ -299,18 +298,22 @@ class LoopbackBus:
             if entry is None:  # BUS-06: a transport-visible failure, not a hang
                 raise TransportError("unroutable", f"device {dev_num} is not on {self.name}")
             channel = entry.channel
-            token = self._alloc_token() if not self.adapter.rfc1 else 0
-            pend = _Pending(dev_num, _msg_id(msg), token)
-            if self.adapter.rfc1:
+            if self._rfc1:
+                pend = _Pending(dev_num, _MSG_IDS[type(msg)], 0)
                 self._fifo[dev_num].append(pend)
             else:
+                token = self._next_token  # _alloc_token's first step, inline
+                self._next_token = token % 0xFFFF + 1
+                if token in self._pending:
+                    token = self._alloc_token()
+                pend = _Pending(dev_num, _MSG_IDS[type(msg)], token)
                 self._pending[token] = pend
         try:
-            data = self.adapter.encode(with_header(msg, msg[-2], token))
+            data = self.adapter.encode(_new_tuple(type(msg), msg[:-2] + (msg[-2], pend.token)))
         except EncodeError as exc:
             self._forget(pend)
             raise TransportError("oversize", f"cannot send {type(msg).__name__}: {exc}") from exc
-        self.sent[label(msg)] += 1
+        self.sent[_LABELS.get(type(msg)) or label(msg)] += 1
         t0 = time.perf_counter()
         try:
             channel.deliver(data)
@@ -396,7 +399,7 @@ class LoopbackBus:
                 self.dropped["response-not-from-owner"] += 1
                 return
             msg_id = _MSG_IDS[type(msg)]
-            if self.adapter.rfc1:
+            if self._rfc1:
                 # No token: the oldest request of this device with the same id.
                 # The device answers in order, so among requests of one id the
                 # first response belongs to the first request.
@@ -407,12 +410,13 @@ class LoopbackBus:
             if pend is None or pend.dev_num != dev_num or pend.msg_id != msg_id:
                 self.dropped["unmatched-response"] += 1
                 return
-            if self.adapter.rfc1:
+            if self._rfc1:
                 self._fifo[dev_num].remove(pend)
             else:
                 del self._pending[pend.token]
-            pend.complete(with_header(msg, dev_num, 0), None)  # drivers never see bus tokens
-        self.received[label(msg)] += 1
+            # drivers never see bus tokens (with_header, inline: this is the hot path)
+            pend.complete(_new_tuple(type(msg), msg[:-2] + (dev_num, 0)), None)
+        self.received[_LABELS.get(type(msg)) or label(msg)] += 1
 
     def _receive_event(self, msg: Message, channel: Channel) -> None:
         if type(msg) not in (S.EventUsed, S.EventConfig):
@@ -539,8 +543,7 @@ class LoopbackBus:
         self.close()
 
 
-def _msg_id(msg: Message) -> int:
-    return _MSG_IDS[type(msg)]
+_new_tuple = tuple.__new__
 
 
 def label(msg: Message) -> str:

@@ -379,25 +379,32 @@ class BlkDriver(Driver):
             raise BlkError(f"device {self.transport.dev_num} needs a reset")
         reaped = 0
         for vq in self.vqs:
-            for token, data in vq.get_used():
+            for token, parts in vq.get_used_parts():
                 if not isinstance(token, BlkOp):
                     continue
-                self._complete(token, data)
+                self._complete(token, parts)
                 mine.discard(id(token))
                 reaped += 1
         return reaped
 
-    def _complete(self, op: BlkOp, data: bytes) -> None:
+    def _complete(self, op: BlkOp, parts: list[bytes]) -> None:
+        # ``parts``: what the device wrote into each writable buffer (_buffers: the
+        # data segments, then the one status byte), each copied out of the pool
+        # once; the data is never joined with the status and cut off again.
         self.requests_done += 1
-        expected = op.in_len + 1
-        if len(data) < expected:
+        if sum(map(len, parts)) < op.in_len + 1:
             # The status is the last writable byte; a shorter used length never wrote it.
             op.status = VIRTIO_BLK_S_IOERR
             op.result = b""
             return
-        status = data[expected - 1]
+        status = parts[-1][0]  # every buffer was written whole: the last is the status
         op.status = status if status in _STATUS_NAMES else VIRTIO_BLK_S_IOERR
-        op.result = data[: op.in_len] if op.status == VIRTIO_BLK_S_OK else b""
+        if op.status != VIRTIO_BLK_S_OK:
+            op.result = b""
+        elif len(parts) == 2:
+            op.result = parts[0]
+        else:
+            op.result = b"".join(parts[:-1])
 
     # --- sectors -------------------------------------------------------------------------
 

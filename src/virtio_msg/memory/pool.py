@@ -254,8 +254,53 @@ class DmaPool:
         :class:`MappingTooLarge` or :class:`PoolExhausted`; on error nothing
         is allocated.
         """
+        # The bounce hot path, written out in one frame (no helper calls): the
+        # argument checks need no pool state and run before the lock; the slot
+        # search, the slot map, the copy and the live record run under it.
+        kind = type(data)
+        target: memoryview | None = None
+        src: BufferLike | None
+        if kind is bytes:
+            src = data  # type: ignore[assignment]
+            length = len(src)  # type: ignore[arg-type]
+        elif kind is int:
+            src = None
+            length = data  # type: ignore[assignment]
+        else:
+            src, length, target = _source(data, direction)
+        if length <= 0:
+            raise EmptyMapping(f"cannot map {length} bytes")
+        nslots = (length + self._slot_size - 1) >> self._shift
+        if nslots > self._max_slots:
+            raise MappingTooLarge(
+                f"mapping of {length} bytes needs {nslots} slots; the limit is "
+                f"{self._max_slots} slots ({self.max_mapping_size} bytes)"
+            )
         with self._lock:
-            return self._map(data, direction)
+            hint = self._hint
+            slot = self._used_map.find(self._free_runs[nslots], hint)
+            if slot < 0:
+                self._exhausted(nslots)
+            end = slot + nslots
+            self._used_mv[slot:end] = self._used_runs[nslots]
+            if slot == hint:
+                self._hint = end
+            used = self._slots_used + nslots
+            self._slots_used = used
+            if used > self._high_water:
+                self._high_water = used
+            off = slot << self._shift
+            if src is None:
+                self._view[off : off + length] = self._zeros[:length]
+            else:
+                self._view[off : off + length] = src
+                self._to_device += length
+            addr = self._base + off
+            mapping: Mapping = _new_mapping(
+                Mapping, (addr, length, direction, slot, nslots, target)
+            )
+            self._live[addr] = mapping
+        return mapping
 
     def unmap(self, mapping: Mapping | int) -> bytes | None:
         """Release a streaming mapping; return the device-written bytes, if any.
@@ -266,8 +311,32 @@ class DmaPool:
         from :meth:`map` or its bus address.  Raises :class:`UnknownMapping`
         for anything that is not live.
         """
-        with self._lock:
-            return self._unmap(mapping)
+        with self._lock:  # one frame, like map
+            live_maps = self._live
+            if type(mapping) is Mapping:
+                addr, length, direction, slot, nslots, target = mapping
+                if live_maps.get(addr) is not mapping:
+                    raise UnknownMapping(f"{mapping!r} is not live (double unmap or stale)")
+            elif isinstance(mapping, int):
+                live = live_maps.get(mapping)
+                if live is None:
+                    raise UnknownMapping(self._unknown(mapping))
+                addr, length, direction, slot, nslots, target = live
+            else:
+                raise TypeError(f"unmap takes a Mapping or a bus address, not {mapping!r}")
+            del live_maps[addr]
+            self._used_mv[slot : slot + nslots] = self._free_runs[nslots]
+            self._slots_used -= nslots
+            if slot < self._hint:
+                self._hint = slot
+            if direction is _TO_DEVICE:
+                return None
+            off = slot << self._shift
+            data = bytes(self._view[off : off + length])
+            self._from_device += length
+        if target is not None:
+            target[:] = data
+        return data
 
     def alloc_coherent(self, size: int, align: int | None = None) -> int:
         """Allocate ``size`` zeroed bytes and return their bus address.
@@ -294,83 +363,12 @@ class DmaPool:
             return self._sync_for_device(mapping, data)
 
 
-    def _map(self, data: BufferLike | int, direction: DmaDirection) -> Mapping:
-        # This is the bounce hot path: locals and one pass, no helper calls.
-        kind = type(data)
-        target: memoryview | None = None
-        src: BufferLike | None
-        if kind is bytes:
-            src = data  # type: ignore[assignment]
-            length = len(src)  # type: ignore[arg-type]
-        elif kind is int:
-            src = None
-            length = data  # type: ignore[assignment]
-        else:
-            src, length, target = _source(data, direction)
-        if length <= 0:
-            raise EmptyMapping(f"cannot map {length} bytes")
-        nslots = (length + self._slot_size - 1) >> self._shift
-        if nslots > self._max_slots:
-            raise MappingTooLarge(
-                f"mapping of {length} bytes needs {nslots} slots; the limit is "
-                f"{self._max_slots} slots ({self.max_mapping_size} bytes)"
-            )
-        hint = self._hint
-        slot = self._used_map.find(self._free_runs[nslots], hint)
-        if slot < 0:
-            self._exhausted(nslots)
-        end = slot + nslots
-        self._used_mv[slot:end] = self._used_runs[nslots]
-        if slot == hint:
-            self._hint = end
-        used = self._slots_used + nslots
-        self._slots_used = used
-        if used > self._high_water:
-            self._high_water = used
-        off = slot << self._shift
-        if src is None:
-            self._view[off : off + length] = self._zeros[:length]
-        else:
-            self._view[off : off + length] = src
-            self._to_device += length
-        addr = self._base + off
-        mapping: Mapping = _new_mapping(Mapping, (addr, length, direction, slot, nslots, target))
-        self._live[addr] = mapping
-        return mapping
-
     def _exhausted(self, nslots: int) -> NoReturn:
         self._failures += 1
         raise PoolExhausted(
             f"swiotlb full: no run of {nslots} free slots "
             f"({self._slots_used}/{self._nslots} slots in use, {len(self._live)} live mappings)"
         )
-
-    def _unmap(self, mapping: Mapping | int) -> bytes | None:
-        live_maps = self._live
-        if type(mapping) is Mapping:
-            addr, length, direction, slot, nslots, target = mapping
-            if live_maps.get(addr) is not mapping:
-                raise UnknownMapping(f"{mapping!r} is not live (double unmap or stale)")
-        elif isinstance(mapping, int):
-            live = live_maps.get(mapping)
-            if live is None:
-                raise UnknownMapping(self._unknown(mapping))
-            addr, length, direction, slot, nslots, target = live
-        else:
-            raise TypeError(f"unmap takes a Mapping or a bus address, not {mapping!r}")
-        del live_maps[addr]
-        self._used_mv[slot : slot + nslots] = self._free_runs[nslots]
-        self._slots_used -= nslots
-        if slot < self._hint:
-            self._hint = slot
-        if direction is _TO_DEVICE:
-            return None
-        off = slot << self._shift
-        data = bytes(self._view[off : off + length])
-        self._from_device += length
-        if target is not None:
-            target[:] = data
-        return data
 
     def _unknown(self, addr: int) -> str:
         if addr in self._coherent:

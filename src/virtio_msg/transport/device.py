@@ -160,7 +160,7 @@ class DeviceTransport:
         if msg[-2] != self.dev_num:
             self.discarded["wrong-dev_num"] += 1
             return None
-        with self._locked():
+        with self._guard:  # _locked(), without the call
             try:
                 resp = handler(self, msg)
             except VirtioMsgError as exc:

@@ -78,6 +78,24 @@ def _used_offset(size: int) -> int:
     return (end + USED_ALIGN - 1) // USED_ALIGN * USED_ALIGN
 
 
+
+def written_parts(parts: list[bytes], length: int) -> list[bytes]:
+    """The first ``length`` bytes of ``parts``, kept part by part (one entry per part).
+
+    The part the length ends in is cut there and every later part is empty,
+    so ``b"".join(written_parts(p, n)) == b"".join(p)[:n]``.
+    """
+    out: list[bytes] = []
+    for part in parts:
+        if length >= len(part):
+            out.append(part)
+            length -= len(part)
+        else:
+            out.append(part[:length])
+            length = 0
+    return out
+
+
 class _Outstanding:
     """Shadow state of one chain the device owns."""
 
@@ -152,7 +170,7 @@ class DriverQueue:
             self._free = deque(range(self._size))
             self._take = self._free.popleft
         self._order: deque[int] = deque()  # IN_ORDER: heads in the order made available
-        self._ready: deque[tuple[object, bytes]] = deque()  # IN_ORDER batch leftovers
+        self._ready: deque[tuple[object, list[bytes]]] = deque()  # IN_ORDER batch leftovers
         self._chains: list[_Outstanding | None] = [None] * self._size
         self._outstanding = 0
         self._avail_idx = self._start
@@ -366,6 +384,20 @@ class DriverQueue:
         back from the pool once.  Raises a :class:`DeviceLied` subclass (and
         marks the queue broken) when the used ring contradicts the shadow state.
         """
+        item = self.pop_used_parts()
+        if item is None:
+            return None
+        parts = item[1]
+        return item[0], parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def pop_used_parts(self) -> tuple[object, list[bytes]] | None:
+        """Like :meth:`pop_used`, the written bytes kept per writable buffer (no join).
+
+        One entry per writable buffer of the chain, in order, together the
+        first ``len`` bytes the device wrote (:func:`written_parts`): a driver
+        that wants its data and its status byte apart saves the join and the
+        slice of :meth:`pop_used`.
+        """
         self._check_usable()
         if self._ready:
             return self._ready.popleft()
@@ -375,7 +407,7 @@ class DriverQueue:
             self._broken = exc
             raise
 
-    def _pop_used(self) -> tuple[object, bytes] | None:
+    def _pop_used(self) -> tuple[object, list[bytes]] | None:
         region = self._region
         last = self._last_used
         if last == self._used_shadow:
@@ -418,7 +450,7 @@ class DriverQueue:
                 )
             for _ in batch:
                 self._order.popleft()
-        out: list[tuple[object, bytes]] = []
+        out: list[tuple[object, list[bytes]]] = []
         for head in batch:
             item = self._chains[head]
             assert item is not None
@@ -431,7 +463,7 @@ class DriverQueue:
         self._ready.extend(out[1:])
         return out[0]
 
-    def _release(self, chain: _Outstanding, length: int) -> bytes:
+    def _release(self, chain: _Outstanding, length: int) -> list[bytes]:
         pool = self._pool
         for m in chain.readable:
             pool.unmap(m)
@@ -439,13 +471,7 @@ class DriverQueue:
             pool.unmap(chain.table)
         parts = [pool.unmap(m) or b"" for m in chain.writable]
         self._free.extend(chain.descs)
-        if length < 0:
-            length = chain.writable_len
-        if length == 0:
-            return b""
-        if len(parts) == 1:
-            return parts[0][:length]
-        return b"".join(parts)[:length]
+        return written_parts(parts, chain.writable_len if length < 0 else length)
 
     def get_used(self) -> list[tuple[object, bytes]]:
         """Reap every used chain now visible, in used-ring order.
@@ -459,6 +485,17 @@ class DriverQueue:
                 done.append(item)
         except DeviceLied as exc:
             exc.completed = done
+            raise
+        return done
+
+    def get_used_parts(self) -> list[tuple[object, list[bytes]]]:
+        """Like :meth:`get_used`, with :meth:`pop_used_parts` (on a lie, see there)."""
+        done: list[tuple[object, list[bytes]]] = []
+        try:
+            while (item := self.pop_used_parts()) is not None:
+                done.append(item)
+        except DeviceLied as exc:
+            exc.completed = [(token, b"".join(parts)) for token, parts in done]
             raise
         return done
 

@@ -35,6 +35,7 @@ from typing import Final
 
 from virtio_msg.memory import DmaDirection, DmaPool, Mapping, PoolError
 from virtio_msg.spec import VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_INDIRECT_DESC
+from virtio_msg.virtqueue.driver import written_parts
 from virtio_msg.virtqueue.errors import (
     DeviceLied,
     QueueBroken,
@@ -132,7 +133,7 @@ class PackedDriverQueue:
         self._added = 0  # descriptors added since the last kick
         self._last_used = 0
         self._used_wrap = 1
-        self._ready: deque[tuple[object, bytes]] = deque()  # IN_ORDER batch leftovers
+        self._ready: deque[tuple[object, list[bytes]]] = deque()  # IN_ORDER batch leftovers
         self._callbacks = True
         self._broken: DeviceLied | None = None
 
@@ -333,6 +334,14 @@ class PackedDriverQueue:
         Raises a :class:`DeviceLied` subclass (and marks the queue broken) when
         the used descriptor contradicts the shadow state.
         """
+        item = self.pop_used_parts()
+        if item is None:
+            return None
+        parts = item[1]
+        return item[0], parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def pop_used_parts(self) -> tuple[object, list[bytes]] | None:
+        """Like :meth:`pop_used`, the written bytes kept per writable buffer (split queue: same)."""
         self._check_usable()
         if self._ready:
             return self._ready.popleft()
@@ -342,7 +351,7 @@ class PackedDriverQueue:
             self._broken = exc
             raise
 
-    def _pop_used(self) -> tuple[object, bytes] | None:
+    def _pop_used(self) -> tuple[object, list[bytes]] | None:
         region = self._region
         pos = self._last_used
         at = self._layout.desc + _DESC_SIZE * pos
@@ -374,7 +383,7 @@ class PackedDriverQueue:
             batch = []
             while not batch or batch[-1] != buf_id:
                 batch.append(self._order.popleft())
-        out: list[tuple[object, bytes]] = []
+        out: list[tuple[object, list[bytes]]] = []
         for done in batch:
             item = self._chains[done]
             assert item is not None
@@ -396,16 +405,14 @@ class PackedDriverQueue:
             self._used_wrap ^= 1
         self._last_used = pos
 
-    def _release(self, chain: _Chain, length: int) -> bytes:
+    def _release(self, chain: _Chain, length: int) -> list[bytes]:
         pool = self._pool
         for m in chain.readable:
             pool.unmap(m)
         if chain.table is not None:
             pool.unmap(chain.table)
         parts = [pool.unmap(m) or b"" for m in chain.writable]
-        if length < 0:
-            length = chain.writable_len
-        return b"".join(parts)[:length]
+        return written_parts(parts, chain.writable_len if length < 0 else length)
 
     def get_used(self) -> list[tuple[object, bytes]]:
         """Reap every used chain now visible, in ring order (see the split queue)."""
@@ -415,6 +422,17 @@ class PackedDriverQueue:
                 done.append(item)
         except DeviceLied as exc:
             exc.completed = done
+            raise
+        return done
+
+    def get_used_parts(self) -> list[tuple[object, list[bytes]]]:
+        """Like :meth:`get_used`, with :meth:`pop_used_parts` (on a lie, see there)."""
+        done: list[tuple[object, list[bytes]]] = []
+        try:
+            while (item := self.pop_used_parts()) is not None:
+                done.append(item)
+        except DeviceLied as exc:
+            exc.completed = [(token, b"".join(parts)) for token, parts in done]
             raise
         return done
 

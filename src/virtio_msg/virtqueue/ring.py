@@ -137,6 +137,9 @@ class DriverRing(Protocol):
     def get_used(self) -> list[tuple[object, bytes]]:
         """Reap every used chain now visible."""
 
+    def get_used_parts(self) -> list[tuple[object, list[bytes]]]:
+        """Reap every used chain now visible, the written bytes per writable buffer."""
+
     def disable_callbacks(self) -> None:
         """Ask the device not to send EVENT_USED."""
 

@@ -170,31 +170,32 @@ def make_decoder(
     hs = header.size
     unpack_header = header.unpack_from
     new = tuple.__new__
-    # One table for both kinds: a fixed layout's (class, unpack, size) or a tail decoder.
+    # One table for both kinds: a fixed layout's (class, unpack, header + body size)
+    # or a tail decoder.  Checks that depend only on the key are done here, once:
+    # a response with the event bit set never takes the fast path.
     table: dict[int, Any] = {
-        key: (lay.cls, lay.fixed.unpack_from, lay.fixed.size)
+        key: (lay.cls, lay.fixed.unpack_from, hs + lay.fixed.size)
         if lay.tail is Tail.NONE
         else make_tail_decoder(lay)
         for key, lay in by_key.items()
+        if not (lay.response and lay.msg_id & 0x40)
     }
     get = table.get
 
+    # Below, ``size >= hs`` needs no test of its own: a fixed layout needs
+    # ``size >= hs + body`` and a tail decoder sends ``size < hs + fixed`` to the
+    # general path.
     if hs == 8:
 
         def decode(data: Any) -> Any:
             n = len(data)
             if n >= 8:
                 typ, msg_id, dev_num, token, size = unpack_header(data)
-                if (
-                    8 <= size <= n
-                    and size <= max_size
-                    and not (typ & 2 and dev_num)
-                    and not (typ & 1 and msg_id & 0x40)
-                ):
+                if size <= n and size <= max_size and not (dev_num and typ & 2):
                     entry = get((typ & 3) << 8 | msg_id)
                     if entry.__class__ is tuple:
-                        cls, unpack_body, body_size = entry
-                        if size - 8 >= body_size:
+                        cls, unpack_body, need = entry
+                        if size >= need:
                             return new(cls, unpack_body(data, 8) + (dev_num, token))
                     elif entry is not None:
                         return entry(data, 8, size, dev_num, token)
@@ -206,16 +207,11 @@ def make_decoder(
             n = len(data)
             if n >= hs:
                 typ, msg_id, dev_num, size = unpack_header(data)
-                if (
-                    hs <= size <= n
-                    and size <= max_size
-                    and not (typ & 2 and dev_num)
-                    and not (typ & 1 and msg_id & 0x40)
-                ):
+                if size <= n and size <= max_size and not (dev_num and typ & 2):
                     entry = get((typ & 3) << 8 | msg_id)
                     if entry.__class__ is tuple:
-                        cls, unpack_body, body_size = entry
-                        if size - hs >= body_size:
+                        cls, unpack_body, need = entry
+                        if size >= need:
                             return new(cls, unpack_body(data, hs) + (dev_num, 0))
                     elif entry is not None:
                         return entry(data, hs, size, dev_num, 0)
