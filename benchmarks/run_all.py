@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "packed": ("bench_packed.py", ["--rounds", "2", "--loops", "5", "--ops", "128"]),
     "blk": ("bench_blk.py", ["--size-mib", "8", "--ops", "500", "--repeat", "1"]),
     "socket": ("bench_socket.py", ["--requests", "1000", "--rounds", "3"]),
+    "opcount": ("opcount.py", []),
     "vhost-blk": ("bench_vhost_blk.py", ["--size-mib", "8", "--ops", "500", "--repeat", "1"]),
 }
 

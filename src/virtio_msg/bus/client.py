@@ -85,6 +85,10 @@ MAX_MALFORMED: Final = 64
 JOIN_TIMEOUT: Final = 5.0
 """Bound on waiting for the receive loop when closing, seconds."""
 _ANNOUNCE_BUFSIZE: Final = 0x10000 + 1
+# socket's MSG_* are IntFlag members: ``flags & socket.MSG_TRUNC`` makes a new enum
+# member (about a microsecond); the per-datagram checks use plain ints.
+_MSG_TRUNC: Final = int(socket.MSG_TRUNC)
+_MSG_CTRUNC: Final = int(socket.MSG_CTRUNC)
 
 
 class BackendClient:
@@ -326,11 +330,11 @@ class BackendClient:
             self._fail(f"the bus sent {self.malformed} malformed messages (last: {what})")
 
     def _dispatch(self, data: bytes, flags: int) -> None:
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             self._fail("the bus sent file descriptors after ANNOUNCE")
             return
         n = len(data)
-        if n > self._max or flags & socket.MSG_TRUNC:
+        if n > self._max or flags & _MSG_TRUNC:
             self._malformed(f"datagram larger than the maximum message size {self._max}")
             return
         if n < self._size_at + 2:

@@ -49,6 +49,12 @@ from virtio_msg.wire import spec as S
 
 log = logging.getLogger(__name__)
 
+# socket's MSG_* are IntFlag members: ``flags & socket.MSG_TRUNC`` makes a new enum
+# member (about a microsecond); the per-datagram checks use plain ints.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
+
 
 class ChannelHost(Protocol):
     """What a connection needs of the server that accepted it."""
@@ -114,7 +120,9 @@ class SocketChannel:
         self._rlock = threading.Lock()
         self._yield = threading.Condition()
         self._reader_waiting = False
-        self._lead_key: tuple[int, int, int, int] | None = None
+        self._lead_key: bytes | None = None
+        self._lead_bus = 0
+        self._key_end = 4 if params.rfc1 else 6  # msg_id, dev_num (and token): the match
         self._lead_done = False
         self._lead_enabled = self.limits.lead_window_ms > 0
         self._epoll = select.epoll()
@@ -203,7 +211,7 @@ class SocketChannel:
             self._epoll.modify(self._fd, 0)  # the reader stops watching: no wake-up for it
             try:
                 self._send(data, request)
-                self._lead(self._key(data, typ & C.TYPE_BUS))
+                self._lead(data[1 : self._key_end], typ & C.TYPE_BUS)
             finally:  # level-triggered: what the leader left unread wakes the reader
                 self._epoll.modify(self._fd, select.EPOLLIN)
         finally:
@@ -273,7 +281,7 @@ class SocketChannel:
                 self.requests_sent += 1
             if not self._backlog:
                 try:
-                    self._sock.send(data, socket.MSG_DONTWAIT)
+                    self._sock.send(data, _MSG_DONTWAIT)
                     self.sent += 1
                     return
                 except BlockingIOError:
@@ -314,7 +322,7 @@ class SocketChannel:
             with self._send_lock:
                 while self._backlog and not self._sock_closed:
                     try:
-                        self._sock.send(self._backlog[0], socket.MSG_DONTWAIT)
+                        self._sock.send(self._backlog[0], _MSG_DONTWAIT)
                     except BlockingIOError:
                         break
                     except OSError as exc:
@@ -378,16 +386,17 @@ class SocketChannel:
 
     # --- reading ------------------------------------------------------------------------
 
-    def _key(self, data: bytes, bus_bit: int) -> tuple[int, int, int, int]:
-        if self._rfc1:
-            return (bus_bit, data[1], data[2] | data[3] << 8, 0)
-        return (bus_bit, data[1], data[2] | data[3] << 8, data[4] | data[5] << 8)
+    def _lead(self, key: bytes, bus_bit: int) -> None:
+        """Read and dispatch until the response with ``key`` arrives (read lock held).
 
-    def _lead(self, key: tuple[int, int, int, int]) -> None:
-        """Read and dispatch until the response with ``key`` arrives (read lock held)."""
+        ``key`` is the request's header from msg_id up to the token (linux-rfc1:
+        to dev_num), as bytes; the response carries the same bytes there, and
+        ``bus_bit`` tells a bus response from a transport one.
+        """
         if self._sock_closed:
             return
         self._lead_key = key
+        self._lead_bus = bus_bit
         self._lead_done = False
         deadline = time.monotonic() + self.limits.lead_window_ms / 1000
         try:
@@ -432,7 +441,7 @@ class SocketChannel:
             if self._closing:
                 return
             try:
-                data, _anc, flags, _addr = self._sock.recvmsg(self._bufsize, 0, socket.MSG_DONTWAIT)
+                data, _anc, flags, _addr = self._sock.recvmsg(self._bufsize, 0, _MSG_DONTWAIT)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -445,11 +454,11 @@ class SocketChannel:
 
     def _dispatch(self, data: bytes, flags: int) -> None:
         """Validate the framing of one datagram and route it (called with the read lock)."""
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             self._fail("sent file descriptors, which the channel never accepts", violation=True)
             return
         n = len(data)
-        if n > self._max or flags & socket.MSG_TRUNC:
+        if n > self._max or flags & _MSG_TRUNC:
             self.count_violation(f"datagram larger than the maximum message size {self._max}")
             return
         hs = self._size_at + 2
@@ -476,7 +485,7 @@ class SocketChannel:
                 return
             self._to_bus(data)
             key = self._lead_key
-            if key is not None and key == self._key(data, 0):
+            if key is not None and not self._lead_bus and key == data[1 : self._key_end]:
                 self._lead_done = True
         elif msg_id & C.MSG_ID_EVENT:
             self._dispatch_event(data)
@@ -530,7 +539,8 @@ class SocketChannel:
                         ping.done = True
                         if ping.event is not None:
                             ping.event.set()
-                    if self._lead_key is not None and self._key(data, C.TYPE_BUS) == self._lead_key:
+                    key = self._lead_key
+                    if key is not None and self._lead_bus and key == data[1 : self._key_end]:
                         self._lead_done = True
                     return
             self.count_violation(f"unexpected bus response {type(msg).__name__}")

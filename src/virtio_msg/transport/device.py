@@ -48,6 +48,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# C.Status is an IntFlag: ``status & C.Status.DRIVER_OK`` builds an enum member
+# (about a microsecond).  The status is kept as a plain int and the per-kick
+# checks use these.
+_DRIVER_OK = int(C.Status.DRIVER_OK)
+_NEEDS_RESET = int(C.Status.DEVICE_NEEDS_RESET)
+
 _U32 = 0xFFFFFFFF
 _GET_CONFIG_OVERHEAD = 12  # generation, offset, length
 _EVENT_CONFIG_OVERHEAD = 16  # device_status, generation, offset, length
@@ -272,7 +278,7 @@ class DeviceTransport:
             added &= ~C.Status.FEATURES_OK  # DEV-34
         if added & C.Status.DRIVER_OK and not (old | added) & C.Status.FEATURES_OK:
             added &= ~C.Status.DRIVER_OK
-        self.status = old | (added & ~C.Status.DEVICE_NEEDS_RESET)
+        self.status = int(old | (added & ~C.Status.DEVICE_NEEDS_RESET))  # int: see _DRIVER_OK
         if added & C.Status.DRIVER_OK and self.status & C.Status.DRIVER_OK:
             self._driver_ok()
         return S.SetDeviceStatusResp(self.status)
@@ -356,7 +362,7 @@ class DeviceTransport:
         if q is None or not q.enabled:
             self.discarded["event-avail-unconfigured-queue"] += 1
             return None
-        if not self.status & C.Status.DRIVER_OK or self.status & C.Status.DEVICE_NEEDS_RESET:
+        if not self.status & _DRIVER_OK or self.status & _NEEDS_RESET:
             q.kicked = True  # DEV-35: remembered, processed once DRIVER_OK is set
             return None
         if q.live is not None and self.negotiated_features >> C.VIRTIO_F_NOTIFICATION_DATA & 1:
@@ -374,7 +380,7 @@ class DeviceTransport:
     def live_queue(self, index: int) -> DeviceRing | None:
         """The validated device-side queue ``index`` (after DRIVER_OK), or None."""
         q = self._queue(index)
-        if q is None or not self.status & C.Status.DRIVER_OK:
+        if q is None or not self.status & _DRIVER_OK:
             return None
         return q.live
 
@@ -426,7 +432,7 @@ class DeviceTransport:
             q = self._queue(index)
             if q is None or q.live is None or self.params.polling_only:
                 return
-            if not self.status & C.Status.DRIVER_OK:
+            if not self.status & _DRIVER_OK:
                 return
             self._event(S.EventUsed(index, dev_num=self.dev_num))
 
@@ -481,9 +487,9 @@ class DeviceTransport:
     def _fail_locked(self, reason: str) -> None:
         self.last_error = reason
         log.warning("device %d needs reset: %s", self.dev_num, reason)
-        if self.status & C.Status.DEVICE_NEEDS_RESET:
+        if self.status & _NEEDS_RESET:
             return
-        self.status |= C.Status.DEVICE_NEEDS_RESET
+        self.status = int(self.status | C.Status.DEVICE_NEEDS_RESET)
         self._event(S.EventConfig(self.status, self.generation, 0, 0, b"", dev_num=self.dev_num))
 
     # --- reset ------------------------------------------------------------------------

@@ -1,0 +1,171 @@
+"""Python bytecodes and frames per hot-path operation: a cost figure that load cannot move.
+
+Run: ``python benchmarks/opcount.py [--json]``
+
+The timing benchmarks compare ratios because a shared 2-core machine moves
+absolute times by 3x; even their ratios move by 30 % under load.  This script
+counts, with ``sys.settrace`` opcode events, how many bytecodes the
+interpreter executes (and how many Python frames it enters) for one
+operation of each hot path, in every thread it touches.  The count is the
+same on every run of the same code, so it shows what a change removed; at
+5-10 ns per bytecode on the machines here it is also most of the time the
+timing benchmarks see beyond their baselines (C work such as copies and
+system calls is not counted).  Operations:
+
+* codec: encode + decode of each sample of ``bench_codec.py``;
+* bus: one in-process GET_DEVICE_STATUS round trip (``bench_bus.py``);
+* socket: the same request over the socket channel to a backend in this
+  process, per thread (the bus side and the backend's receive loop);
+* pool: ``map`` + ``unmap`` of 4 KiB to the device (``bench_pool.py``);
+* blk: one 64 KiB read in process (``bench_blk.py``, split ring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench_codec import SPEC_SAMPLES
+from figures import Figure, emit, figure
+from virtio_msg.bus import LoopbackBus, loopback_pair
+from virtio_msg.bus.client import connect
+from virtio_msg.bus.socket import SocketServer
+from virtio_msg.devices.blk import BlkDevice
+from virtio_msg.devices.rng import RngDevice
+from virtio_msg.drivers import DRIVERS
+from virtio_msg.drivers.blk import BlkDriver
+from virtio_msg.memory import DmaDirection, DmaPool, Region
+from virtio_msg.spec import DeviceId
+from virtio_msg.transport import BusParams
+from virtio_msg.wire import Codec, Message
+
+
+class Tracer:
+    """Counts opcode events and frame entries per thread while ``on``.
+
+    Installed for every thread (``threading.settrace``) before any thread
+    this script measures is started, and for the main thread.
+    """
+
+    def __init__(self) -> None:
+        """Start with nothing counted."""
+        self.ops: Counter[str] = Counter()
+        self.frames: Counter[str] = Counter()
+        self.on = False
+
+    def __call__(self, frame: FrameType, event: str, _arg: Any) -> Any:
+        """The trace function: count, and ask for opcode events in every frame."""
+        if event == "call":
+            frame.f_trace_opcodes = True
+            if self.on:
+                self.frames[threading.current_thread().name] += 1
+        elif event == "opcode" and self.on:
+            self.ops[threading.current_thread().name] += 1
+        return self
+
+    def count(self, fn: Callable[[], object], repeat: int = 10) -> dict[str, tuple[float, float]]:
+        """Bytecodes and frames per call of ``fn``, by thread (mean of ``repeat`` calls)."""
+        self.ops.clear()
+        self.frames.clear()
+        self.on = True
+        for _ in range(repeat):
+            fn()
+        self.on = False
+        return {k: (self.ops[k] / repeat, self.frames[k] / repeat) for k in self.ops}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per figure")
+    args = parser.parse_args()
+    figures: list[Figure] = []
+    tracer = Tracer()
+    threading.settrace(tracer)
+    sys.settrace(tracer)
+    count = tracer.count
+
+    def add(name: str, counts: dict[str, tuple[float, float]]) -> None:
+        for thread, (ops, frames) in sorted(counts.items()):
+            where = "" if thread == "MainThread" else f" [{thread}]"
+            figures.append(figure(f"{name}{where}: bytecodes", ops, "ops"))
+            figures.append(figure(f"{name}{where}: frames", frames, "frames"))
+
+    codec = Codec("spec")
+    for msg in SPEC_SAMPLES:
+        raw = codec.encode(msg)
+        lay = codec.layout_for(msg)
+        name = lay.name + (" resp" if lay.response else "")
+
+        def pair(m: Message = msg, r: bytes = raw) -> object:
+            return codec.encode(m), codec.decode(r)
+
+        add(f"codec {name} encode+decode", count(pair))
+
+    bus, backend, _ = loopback_pair(LoopbackBus(BusParams(), size=1 << 20))
+    with bus:
+        backend.serve(0, RngDevice())
+        entry = bus.device(0)
+        assert entry is not None
+        add("bus GET_DEVICE_STATUS in process", count(entry.transport.get_status))
+
+    tmp = Path(tempfile.mkdtemp(prefix="vmsg-opcount-"))
+    sbus = LoopbackBus(BusParams(), size=1 << 20)
+    server = SocketServer(sbus, tmp / "bus.sock").start()
+    client = connect(server.path)
+    try:
+        client.serve(0, RngDevice())
+        sentry = sbus.device(0)
+        assert sentry is not None
+        for _ in range(200):
+            sentry.transport.get_status()
+        time.sleep(0.1)
+        counts = count(sentry.transport.get_status, 50)
+        # threads that ran a few bytecodes only (a poll timing out) are not the request
+        add("socket GET_DEVICE_STATUS", {k: v for k, v in counts.items() if v[0] >= 20})
+    finally:
+        client.close()
+        server.close()
+        sbus.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    with Region(1 << 20) as region:
+        pool = DmaPool(region)
+        data = bytes(4096)
+        to_device = DmaDirection.TO_DEVICE
+        add("pool map+unmap 4 KiB", count(lambda: pool.unmap(pool.map(data, to_device))))
+        pool.close()
+
+    fd, path = tempfile.mkstemp(prefix="vmsg-opcount-")
+    os.ftruncate(fd, 1 << 20)
+    os.close(fd)
+    dev = BlkDevice(path)
+    blk_bus = LoopbackBus(BusParams(ring="split"), size=4 << 20,
+                          drivers={**DRIVERS, DeviceId.BLOCK: BlkDriver})
+    try:
+        _, blk_backend, _ = loopback_pair(blk_bus)
+        blk_backend.serve(0, dev)
+        blk = blk_bus.device(0)
+        assert blk is not None and isinstance(blk.driver, BlkDriver)
+        drv = blk.driver
+        add("blk 64 KiB read in process", count(lambda: drv.read_sectors(0, 128)))
+    finally:
+        blk_bus.close()
+        dev.close()
+        os.unlink(path)
+    sys.settrace(None)
+    threading.settrace(None)
+    emit(figures, args.json)
+
+
+if __name__ == "__main__":
+    main()
