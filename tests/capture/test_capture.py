@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import dpkt
 import pytest
@@ -111,6 +112,37 @@ def test_ring_keeps_at_most_n_files_and_each_is_readable(tmp_path: Path) -> None
         assert f.stat().st_size <= 8192
         frames = frames_of(f)
         assert frames and all(decode_frame(x)["name"] == "PING" for x in frames)
+
+
+def test_a_frame_queued_while_a_batch_is_written_does_not_rotate(tmp_path: Path) -> None:
+    """Only the size limit rotates the ring: frames from other threads wait for the next batch.
+
+    The channels record from their own threads while the writer thread writes;
+    a frame queued during a write used to be taken for "the limit was
+    reached", rotating the file and moving the capture's first frames away.
+    """
+    path = tmp_path / "race.pcapng"
+    writer = CaptureWriter(path, CaptureLimits(files=2))
+    tap = writer.tap(ChannelKind.IN_PROCESS, Profile.SPEC)
+    msg = bytes.fromhex("0007000001000800")  # GET_DEVICE_STATUS request
+    assert writer._writer is not None
+    real = writer._writer.writepkts
+    queued_during_write: list[bool] = []
+
+    def write_while_a_frame_arrives(pkts: Any) -> None:
+        if not queued_during_write:
+            queued_during_write.append(True)
+            tap.down(msg)  # another thread's frame, queued in the middle of this write
+        real(pkts)
+
+    writer._writer.writepkts = write_while_a_frame_arrives
+    for _ in range(5):
+        tap.down(msg)
+    writer.close()
+    assert queued_during_write
+    assert writer.rotations == 0 and writer.dropped == 0
+    assert not ring_path(path, 1).exists()
+    assert len(frames_of(path)) == 6
 
 
 def test_size_limit_without_ring_stops_and_counts(tmp_path: Path) -> None:

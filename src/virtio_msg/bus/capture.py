@@ -274,12 +274,14 @@ class CaptureWriter:
             batch: list[tuple[float, bytes]] = []
             size = self._written
             room = self.limits.max_bytes
+            limited = False
             while queue:
                 ts, prefix, data = queue[0]
                 frame = prefix + data
                 need = 32 + (len(frame) + 3) // 4 * 4  # EPB header/trailer + padded data
                 if size + need > room and size > self._empty_size:
-                    break  # an empty file takes one frame whatever its size
+                    limited = True  # an empty file takes one frame whatever its size
+                    break
                 queue.popleft()
                 batch.append((ts, frame))
                 size += need
@@ -292,7 +294,9 @@ class CaptureWriter:
                 return
             self.frames += len(batch)
             self._written = size
-            if queue:
+            # Only the size limit rotates: a frame queued by another thread while
+            # this batch was written is not a reason to (it goes in the next batch).
+            if limited:
                 self._limit_reached()
 
     def _limit_reached(self) -> None:
