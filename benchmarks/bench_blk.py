@@ -108,7 +108,7 @@ def through_virtio(drv: BlkDriver, name: str, nbytes: int, qd: int, offsets: lis
 
     def read_qd() -> None:
         for batch in batches:
-            drv.execute([BlkOp.read(off >> 9, nbytes) for off in batch])
+            drv.execute([BlkOp.read_sectors(off >> 9, nbytes >> 9) for off in batch])
 
     if "write" in name:
         return _timed(write)

@@ -88,7 +88,7 @@ def blk_seconds(ring: str, qd: int, path: str, ops: int) -> float:
                 drv.read_sectors(s, 8)
         else:
             for i in range(0, ops, qd):
-                drv.execute([BlkOp.read(s, 4096) for s in sectors[i : i + qd]])
+                drv.execute([BlkOp.read_sectors(s, 8) for s in sectors[i : i + qd]])
         return time.perf_counter() - t0
     finally:
         bus.close()

@@ -88,7 +88,7 @@ def qd1(drv: BlkDriver, offsets: list[int]) -> float:
     """Seconds for one read at a time."""
     t0 = time.perf_counter()
     for off in offsets:
-        drv.execute([BlkOp.read(off // 512, BLOCK)])
+        drv.execute([BlkOp.read_sectors(off // 512, BLOCK // 512)])
     return time.perf_counter() - t0
 
 
@@ -97,7 +97,7 @@ def qd32(drv: BlkDriver, offsets: list[int]) -> float:
     batches = [offsets[i : i + QD] for i in range(0, len(offsets), QD)]
     t0 = time.perf_counter()
     for batch in batches:
-        drv.execute([BlkOp.read(off // 512, BLOCK) for off in batch])
+        drv.execute([BlkOp.read_sectors(off // 512, BLOCK // 512) for off in batch])
     return time.perf_counter() - t0
 
 

@@ -143,7 +143,7 @@ def test_large_transfers_are_split_to_seg_max_and_size_max(blk: Factory) -> None
 
 def test_many_requests_are_in_flight_at_once(blk: Factory) -> None:
     s = blk()
-    ops = [BlkOp.read(8 * i, 4096) for i in range(64)]
+    ops = [BlkOp.read_sectors(8 * i, 8) for i in range(64)]
     s.drv.execute(ops)
     assert all(op.ok and len(op.result) == 4096 for op in ops)
     assert s.dev.max_batch >= 32  # one notification carried many chains
@@ -153,16 +153,33 @@ def test_in_flight_is_bounded_by_a_small_pool(blk: Factory) -> None:
     s = blk(region=256 << 10)  # rings + a few dozen 2 KiB slots
     blob = os.urandom(MiB)
     s.drv.write(0, blob)
-    ops = [BlkOp.read(8 * i, 4096) for i in range(200)]
+    ops = [BlkOp.read_sectors(8 * i, 8) for i in range(200)]
     s.drv.execute(ops)
     assert b"".join(op.result for op in ops) == blob[: 200 * 4096]
     assert s.bus.pool.stats().live_mappings == 0
     s.bus.pool.check_consistency()
 
 
+def test_blkop_read_sectors_counts_sectors_like_the_driver(blk: Factory) -> None:
+    s = blk()
+    blob = os.urandom(3 * 512)
+    s.drv.write_sectors(40, blob)
+    (op,) = s.drv.execute([BlkOp.read_sectors(40, 3)])
+    assert op.in_len == 3 * 512 and op.result == blob == s.drv.read_sectors(40, 3)
+    with pytest.raises(ValueError, match="negative"):
+        BlkOp.read_sectors(0, -1)
+
+
+def test_blkop_read_is_a_deprecated_byte_count_alias() -> None:
+    with pytest.warns(DeprecationWarning, match=r"read_sectors\(sector, count\)"):
+        old = BlkOp.read(7, 4096)
+    new = BlkOp.read_sectors(7, 8)
+    assert (old.type, old.sector, old.in_len) == (new.type, new.sector, new.in_len)
+
+
 def test_requests_spread_over_every_queue(blk: Factory) -> None:
     s = blk(num_queues=4)
-    s.drv.execute([BlkOp.read(i, 512) for i in range(16)])
+    s.drv.execute([BlkOp.read_sectors(i, 1) for i in range(16)])
     assert sorted(s.dev.per_queue) == [0, 1, 2, 3]
 
 
@@ -170,7 +187,7 @@ def test_requests_spread_over_every_queue(blk: Factory) -> None:
 def test_mixed_batch_completes_with_results_in_order(blk: Factory, asynchronous: bool) -> None:
     s = blk(asynchronous=asynchronous, num_queues=2)
     blob = os.urandom(64 << 10)
-    ops = [BlkOp.write(0, blob), BlkOp.get_id(), BlkOp.read(1024, 4096), BlkOp.flush()]
+    ops = [BlkOp.write(0, blob), BlkOp.get_id(), BlkOp.read_sectors(1024, 8), BlkOp.flush()]
     s.drv.execute(ops)
     assert [op.ok for op in ops] == [True] * 4
     assert ops[1].result.rstrip(b"\0") == b"virtio-msg-blk"
@@ -269,11 +286,11 @@ def test_out_of_range_is_refused_by_the_driver(
 
 def test_device_errors_raise_with_the_status(blk: Factory) -> None:
     s = blk()
-    bad = BlkOp.read(4096, 512)  # past the end: the device answers IOERR
+    bad = BlkOp.read_sectors(4096, 1)  # past the end: the device answers IOERR
     with pytest.raises(BlkError) as info:
-        s.drv.execute([BlkOp.read(0, 512), bad])
+        s.drv.execute([BlkOp.read_sectors(0, 1), bad])
     assert info.value.status == B.VIRTIO_BLK_S_IOERR
-    ops = s.drv.execute([BlkOp(99), BlkOp.read(0, 512)], check=False)
+    ops = s.drv.execute([BlkOp(99), BlkOp.read_sectors(0, 1)], check=False)
     assert [op.status for op in ops] == [B.VIRTIO_BLK_S_UNSUPP, B.VIRTIO_BLK_S_OK]
 
 

@@ -91,7 +91,7 @@ def exercise(drv: BlkDriver, path: Path, rng: random.Random, ops: int, label: st
                     writes.append(BlkOp.write(sector, blob))
                     shadow[sector * 512 : sector * 512 + len(blob)] = blob
                 drv.execute(writes)
-                reads = [BlkOp.read(op.sector, op.data.nbytes) for op in writes]
+                reads = [BlkOp.read_sectors(op.sector, op.data.nbytes >> 9) for op in writes]
                 drv.execute(reads)
                 for op in reads:
                     lo = op.sector * 512

@@ -100,7 +100,7 @@ def test_blk_reads_what_the_image_holds_and_writes_reach_the_image(tmp_path: Pat
 
             # 32 requests in flight at once; every one reads what the file holds.
             offsets = [rng.randrange(0, drv.size // 4096) * 4096 for _ in range(32)]
-            ops = drv.execute([BlkOp.read(off // 512, 4096) for off in offsets])
+            ops = drv.execute([BlkOp.read_sectors(off // 512, 8) for off in offsets])
             assert [op.result for op in ops] == [on_disk[o : o + 4096] for o in offsets]
         finally:
             device.close()
@@ -226,7 +226,7 @@ def test_backend_killed_mid_io_fails_the_device_and_the_bus_carries_on(tmp_path:
             rng = random.Random(1)
             try:
                 while True:
-                    ops = [BlkOp.read(rng.randrange(0, 2000) * 8, 4096) for _ in range(16)]
+                    ops = [BlkOp.read_sectors(rng.randrange(0, 2000) * 8, 8) for _ in range(16)]
                     drv.execute(ops)
                     started.set()
             except VirtioMsgError as exc:

@@ -139,19 +139,44 @@ def make_image(path: Path, size: int, pattern: bytes = b"") -> Path:
     return path
 
 
-@contextlib.contextmanager
-def storage_daemon(tmp: Path, image: Path, *, queues: int = 1) -> Iterator[Daemon]:
-    """qemu-storage-daemon exporting ``image`` as vhost-user-blk (stopped by its pidfile)."""
-    binary = need(QSD, "qemu-storage-daemon (Debian package qemu-system-common)")
-    sock, pidfile, log = tmp / "vub.sock", tmp / "qsd.pid", tmp / "qsd.log"
-    argv = [
+# The command lines below are the ones docs/vhost-user.md gives ("Starting the back ends").
+
+
+def storage_daemon_argv(
+    binary: str, image: str, sock: str, pidfile: str, queues: int = 1
+) -> list[str]:
+    """qemu-storage-daemon's command line: ``image`` as a vhost-user-blk export on ``sock``."""
+    return [
         binary,
         "--blockdev", f"driver=file,node-name=file0,filename={image}",
         "--export",
         f"type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={sock},"
         f"writable=on,num-queues={queues}",
-        "--pidfile", str(pidfile),
+        "--pidfile", pidfile,
     ]
+
+
+def virtiofsd_argv(binary: str, sock: str, share: str) -> list[str]:
+    """The virtiofsd command line: share the directory ``share`` on ``sock``."""
+    return [binary, f"--socket-path={sock}", "-o", f"source={share}", "-o", "sandbox=chroot"]
+
+
+def testpmd_argv(binary: str, sock: str, prefix: str) -> list[str]:
+    """The testpmd command line: one net_vhost port on ``sock``, macswap, no hugepages."""
+    return [
+        binary, "-l", "0-1", "--no-huge", "-m", "256", "--no-pci", f"--file-prefix={prefix}",
+        "--vdev", f"net_vhost0,iface={sock},queues=1",
+        "--", "--forward-mode=macswap", "--stats-period", "3600", "--nb-cores=1",
+        "--total-num-mbufs=8192",
+    ]
+
+
+@contextlib.contextmanager
+def storage_daemon(tmp: Path, image: Path, *, queues: int = 1) -> Iterator[Daemon]:
+    """qemu-storage-daemon exporting ``image`` as vhost-user-blk (stopped by its pidfile)."""
+    binary = need(QSD, "qemu-storage-daemon (Debian package qemu-system-common)")
+    sock, pidfile, log = tmp / "vub.sock", tmp / "qsd.pid", tmp / "qsd.log"
+    argv = storage_daemon_argv(binary, str(image), str(sock), str(pidfile), queues)
     daemon = Daemon("qemu-storage-daemon", _popen(argv, log, tmp), sock, log, pidfile)
     with _started(daemon) as d:
         yield d
@@ -162,7 +187,7 @@ def virtiofsd(tmp: Path, share: Path) -> Iterator[Daemon]:
     """Run virtiofsd (C, QEMU 7.2) sharing ``share``; it serves one connection, then exits."""
     binary = need(VIRTIOFSD, "virtiofsd (Debian package qemu-system-common)")
     sock, log = tmp / "vfs.sock", tmp / "virtiofsd.log"
-    argv = [binary, f"--socket-path={sock}", "-o", f"source={share}", "-o", "sandbox=chroot"]
+    argv = virtiofsd_argv(binary, str(sock), str(share))
     daemon = Daemon("virtiofsd", _popen(argv, log, tmp), sock, log)
     with _started(daemon) as d:
         yield d
@@ -174,12 +199,7 @@ def dpdk_testpmd(tmp: Path) -> Iterator[Daemon]:
     binary = need(TESTPMD, "dpdk-testpmd (extracted from Debian's dpdk-dev, docs/vhost-user.md)")
     sock, log = tmp / "vhn.sock", tmp / "testpmd.log"
     prefix = f"vmsg{os.getpid()}x{abs(hash(str(tmp))) % 10**6}"
-    argv = [
-        binary, "-l", "0-1", "--no-huge", "-m", "256", "--no-pci", f"--file-prefix={prefix}",
-        "--vdev", f"net_vhost0,iface={sock},queues=1",
-        "--", "--forward-mode=macswap", "--stats-period", "3600", "--nb-cores=1",
-        "--total-num-mbufs=8192",
-    ]
+    argv = testpmd_argv(binary, str(sock), prefix)
     daemon = Daemon(
         "dpdk-testpmd", _popen(argv, log, tmp), sock, log, stop_signal=signal.SIGINT,
         cleanup=[Path("/var/run/dpdk") / prefix],

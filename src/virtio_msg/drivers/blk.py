@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import random
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Final
@@ -132,8 +133,27 @@ class BlkOp:
         self.result = b""
 
     @classmethod
+    def read_sectors(cls, sector: int, count: int) -> BlkOp:
+        """VIRTIO_BLK_T_IN of ``count`` 512-byte sectors from ``sector``.
+
+        The same units as :meth:`BlkDriver.read_sectors`.
+        """
+        if count < 0:
+            raise ValueError(f"sector count {count} is negative")
+        return cls(VIRTIO_BLK_T_IN, sector, in_len=count << SECTOR_SHIFT)
+
+    @classmethod
     def read(cls, sector: int, nbytes: int) -> BlkOp:
-        """VIRTIO_BLK_T_IN of ``nbytes`` (a multiple of 512) from ``sector``."""
+        """Deprecated: ``nbytes`` is a byte count; use :meth:`read_sectors` (sectors).
+
+        Kept so older callers work; warns with DeprecationWarning.
+        """
+        warnings.warn(
+            "BlkOp.read(sector, nbytes) takes a byte count; use "
+            "BlkOp.read_sectors(sector, count), which takes 512-byte sectors",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return cls(VIRTIO_BLK_T_IN, sector, in_len=nbytes)
 
     @classmethod
@@ -423,7 +443,7 @@ class BlkDriver(Driver):
         self._check_sectors(sector, count)
         step = self.max_request_bytes >> SECTOR_SHIFT
         ops = [
-            BlkOp.read(s, min(step, sector + count - s) << SECTOR_SHIFT)
+            BlkOp.read_sectors(s, min(step, sector + count - s))
             for s in range(sector, sector + count, step)
         ]
         return b"".join(op.result for op in self.execute(ops))
@@ -528,7 +548,7 @@ class BlkDriver(Driver):
             return
         with self._lock:  # read-modify-write: no other request of ours in between
             edges = [first] if last - first == 1 else [first, last - 1]
-            ops = self.execute([BlkOp.read(s, SECTOR_SIZE) for s in edges])
+            ops = self.execute([BlkOp.read_sectors(s, 1) for s in edges])
             buf = bytearray((last - first) << SECTOR_SHIFT)
             buf[:SECTOR_SIZE] = ops[0].result
             buf[-SECTOR_SIZE:] = ops[-1].result
