@@ -124,6 +124,19 @@ def test_documented_examples_check_as_documented(example: Path, need_dtschema: N
         report = check_tree(example, legacy_pool_name="vmsglb")
         assert report.ok
         assert [p.severity for p in report.problems] == ["warning"]
+    elif example.name == "bad.dts":  # the mistakes docs/device-tree.md shows dt check finding
+        report = check_tree(example)
+        assert not report.ok
+        assert [(p.severity, p.prop) for p in report.problems] == [
+            ("error", "no-map"), ("error", "reg"), ("warning", "reg"),
+            ("error", "virtio,max-msg-size"),
+        ]
+        return
+    elif example.name == "small-pool.dts":  # valid, but too small for run's four devices
+        report = check_tree(example)
+        assert report.ok
+        assert [p.severity for p in report.problems] == ["warning"]
+        assert "too small" in report.problems[0].message
     else:
         report = check_tree(example)
         assert report.ok, report.problems
@@ -132,4 +145,6 @@ def test_documented_examples_check_as_documented(example: Path, need_dtschema: N
 
 
 def test_examples_are_present() -> None:
-    assert {e.name for e in EXAMPLES} >= {"default.dts", "two-buses.dts", "seed-legacy.dts"}
+    assert {e.name for e in EXAMPLES} >= {
+        "default.dts", "two-buses.dts", "seed-legacy.dts", "bad.dts", "small-pool.dts",
+    }
