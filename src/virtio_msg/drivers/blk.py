@@ -134,26 +134,17 @@ class BlkOp:
 
     @classmethod
     def read_sectors(cls, sector: int, count: int) -> BlkOp:
-        """VIRTIO_BLK_T_IN of ``count`` 512-byte sectors from ``sector``.
-
-        The same units as :meth:`BlkDriver.read_sectors`.
-        """
+        """VIRTIO_BLK_T_IN of ``count`` 512-byte sectors (as :meth:`BlkDriver.read_sectors`)."""
         if count < 0:
             raise ValueError(f"sector count {count} is negative")
         return cls(VIRTIO_BLK_T_IN, sector, in_len=count << SECTOR_SHIFT)
 
     @classmethod
     def read(cls, sector: int, nbytes: int) -> BlkOp:
-        """Deprecated: ``nbytes`` is a byte count; use :meth:`read_sectors` (sectors).
-
-        Kept so older callers work; warns with DeprecationWarning.
-        """
-        warnings.warn(
-            "BlkOp.read(sector, nbytes) takes a byte count; use "
-            "BlkOp.read_sectors(sector, count), which takes 512-byte sectors",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        """Deprecated (warns): ``nbytes`` is a byte count; use :meth:`read_sectors`."""
+        message = "BlkOp.read(sector, nbytes) takes a byte count; use BlkOp.read_sectors"
+        warnings.warn(message + "(sector, count), which takes 512-byte sectors",
+                      DeprecationWarning, stacklevel=2)
         return cls(VIRTIO_BLK_T_IN, sector, in_len=nbytes)
 
     @classmethod
