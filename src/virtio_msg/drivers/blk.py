@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import random
 import threading
-import warnings
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import ClassVar, Final
 
 import virtio_msg.spec as C
 from virtio_msg.devices.blk_protocol import (
     CONFIG,
-    ID_BYTES,
     POOL_MAPPING_CAP,
     REQ_HEADER,
     SECTOR_SHIFT,
@@ -56,23 +54,15 @@ from virtio_msg.devices.blk_protocol import (
     VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
-    VIRTIO_BLK_T_DISCARD,
-    VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
-    VIRTIO_BLK_T_WRITE_ZEROES,
-    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
     BlkConfig,
 )
 from virtio_msg.drivers.base import Driver
+from virtio_msg.drivers.blk_op import _STATUS_NAMES, BlkOp, Buffer
 from virtio_msg.errors import DeviceBroken, TransportError, VirtioMsgError
 from virtio_msg.memory import PoolExhausted
 from virtio_msg.spec import DeviceId
 from virtio_msg.transport.driver import DEFAULT_QUEUE_SIZE, DriverTransport
 from virtio_msg.virtqueue import DriverRing, QueueFull
-
-Buffer = bytes | bytearray | memoryview
 
 MAX_QUEUES: Final = 8
 """Request queues the driver uses at most, whatever ``num_queues`` says."""
@@ -81,11 +71,6 @@ REQUEST_CAP: Final = 1 << 20
 SELFTEST_BYTES: Final = 64 << 10
 """The self-test writes, reads back and restores this much at the end of the disk."""
 _NEEDS_RESET: Final = int(C.Status.DEVICE_NEEDS_RESET)
-_STATUS_NAMES: Final = {
-    VIRTIO_BLK_S_OK: "OK",
-    VIRTIO_BLK_S_IOERR: "IOERR",
-    VIRTIO_BLK_S_UNSUPP: "UNSUPP",
-}
 
 
 class BlkError(VirtioMsgError):
@@ -103,92 +88,6 @@ class BlkError(VirtioMsgError):
 
 class BlkReadOnly(BlkError):
     """A write was asked of a device that offers VIRTIO_BLK_F_RO."""
-
-
-class BlkOp:
-    """One virtio-blk request for :meth:`BlkDriver.execute`, and its outcome.
-
-    Build one with the class methods; after ``execute`` ``status`` holds the
-    status byte and ``result`` the bytes read (IN) or the id (GET_ID).
-    """
-
-    __slots__ = ("data", "in_len", "payload", "result", "sector", "status", "type")
-
-    def __init__(
-        self,
-        rtype: int,
-        sector: int = 0,
-        *,
-        data: Buffer = b"",
-        in_len: int = 0,
-        payload: bytes = b"",
-    ) -> None:
-        """A raw request: ``data`` to write, ``in_len`` bytes to read, ``payload`` segments."""
-        self.type = rtype
-        self.sector = sector
-        self.data = memoryview(data).cast("B")
-        self.in_len = in_len
-        self.payload = payload
-        self.status: int | None = None
-        self.result = b""
-
-    @classmethod
-    def read_sectors(cls, sector: int, count: int) -> BlkOp:
-        """VIRTIO_BLK_T_IN of ``count`` 512-byte sectors (as :meth:`BlkDriver.read_sectors`)."""
-        if count < 0:
-            raise ValueError(f"sector count {count} is negative")
-        return cls(VIRTIO_BLK_T_IN, sector, in_len=count << SECTOR_SHIFT)
-
-    @classmethod
-    def read(cls, sector: int, nbytes: int) -> BlkOp:
-        """Deprecated (warns): ``nbytes`` is a byte count; use :meth:`read_sectors`."""
-        message = "BlkOp.read(sector, nbytes) takes a byte count; use BlkOp.read_sectors"
-        warnings.warn(message + "(sector, count), which takes 512-byte sectors",
-                      DeprecationWarning, stacklevel=2)
-        return cls(VIRTIO_BLK_T_IN, sector, in_len=nbytes)
-
-    @classmethod
-    def write(cls, sector: int, data: Buffer) -> BlkOp:
-        """VIRTIO_BLK_T_OUT of ``data`` (a multiple of 512 bytes) at ``sector``."""
-        return cls(VIRTIO_BLK_T_OUT, sector, data=data)
-
-    @classmethod
-    def flush(cls) -> BlkOp:
-        """VIRTIO_BLK_T_FLUSH."""
-        return cls(VIRTIO_BLK_T_FLUSH)
-
-    @classmethod
-    def get_id(cls) -> BlkOp:
-        """VIRTIO_BLK_T_GET_ID (20 bytes)."""
-        return cls(VIRTIO_BLK_T_GET_ID, in_len=ID_BYTES)
-
-    @classmethod
-    def discard(cls, segments: Sequence[tuple[int, int]]) -> BlkOp:
-        """VIRTIO_BLK_T_DISCARD of (sector, count) segments."""
-        return cls(VIRTIO_BLK_T_DISCARD, payload=_segments(segments, 0))
-
-    @classmethod
-    def write_zeroes(cls, segments: Sequence[tuple[int, int]], *, unmap: bool = False) -> BlkOp:
-        """VIRTIO_BLK_T_WRITE_ZEROES of (sector, count) segments; ``unmap`` may deallocate."""
-        flags = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP if unmap else 0
-        return cls(VIRTIO_BLK_T_WRITE_ZEROES, payload=_segments(segments, flags))
-
-    @property
-    def ok(self) -> bool:
-        """Whether the request completed with VIRTIO_BLK_S_OK."""
-        return self.status == VIRTIO_BLK_S_OK
-
-    def __repr__(self) -> str:
-        """Show type, sector, sizes and status."""
-        status = "pending" if self.status is None else _STATUS_NAMES.get(self.status, self.status)
-        return (
-            f"<BlkOp type={self.type} sector={self.sector} out={self.data.nbytes} "
-            f"in={self.in_len} {status}>"
-        )
-
-
-def _segments(segments: Sequence[tuple[int, int]], flags: int) -> bytes:
-    return b"".join(SEGMENT.pack(sector, count, flags) for sector, count in segments)
 
 
 class BlkDriver(Driver):
