@@ -16,7 +16,9 @@ configuration), and Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -79,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:  # also while the parser and the stack are being imported
         return 130
+    except BrokenPipeError:
+        # Whoever read our output went away (``| head``): stop quietly, as cat does.
+        # Standard output is pointed at /dev/null so the interpreter's final
+        # flush cannot raise again.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by it
 
 
 __all__ = ["build_parser", "main"]
