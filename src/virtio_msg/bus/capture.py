@@ -11,7 +11,10 @@ size limit is reached with no ring configured, frames are dropped and counted
 (:attr:`CaptureWriter.dropped`), never waited for.  With ``files`` > 1 the
 writer keeps a ring: the full file becomes ``NAME.1.pcapng`` (older ones move
 up, the oldest is deleted) and a new file starts, so disk use stays below
-``files * max_bytes``.
+``files * max_bytes``.  A socket channel's tap (:class:`SocketTap`) also marks
+the channel's own protocol frames (ANNOUNCE, ADD, REMOVE and their answers)
+with :data:`FLAG_CONTROL` and records the end of the connection as an empty
+control frame.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import BinaryIO, Final
 
 import dpkt
 
+from virtio_msg.bus.protocol import MSG_ADD, MSG_ANNOUNCE, MSG_REMOVE
 from virtio_msg.wire import Profile
 
 log = logging.getLogger(__name__)
@@ -39,8 +43,14 @@ LINKTYPE: Final = 152
 """LINKTYPE_USER5: the link type of every virtio-msg capture."""
 PSEUDO_HEADER: Final = struct.Struct("<BBBBHHHBB")
 """version u8, direction u8, channel u8, profile u8, bus u16, connection u16,
-max_msg_size u16, side u8, reserved u8 (12 bytes, little-endian)."""
+max_msg_size u16, side u8, flags u8 (12 bytes, little-endian)."""
 PSEUDO_HEADER_VERSION: Final = 1
+FLAG_CONTROL: Final = 0x01
+"""``flags`` bit 0: the frame is the channel's own protocol (socket ANNOUNCE, ADD,
+REMOVE and their responses; empty = end of the connection), not a message
+relayed between a driver and a device.  Other bits are 0."""
+SOCKET_CONTROL_IDS: Final = frozenset({MSG_ANNOUNCE, MSG_ADD, MSG_REMOVE})
+"""Bus-message ids of the socket channel's own protocol (docs/socket-protocol.md)."""
 SNAPLEN: Final = PSEUDO_HEADER.size + 0xFFFF
 """Largest frame: the pseudo-header and a 65535-byte message (nothing is truncated)."""
 FLUSH_INTERVAL: Final = 0.02
@@ -102,6 +112,7 @@ def pseudo_header(
     connection: int = 0,
     max_size: int = 0,
     side: Side = Side.BUS,
+    control: bool = False,
 ) -> bytes:
     """Encode the 12-byte pseudo-header that precedes every captured message."""
     return PSEUDO_HEADER.pack(
@@ -113,7 +124,7 @@ def pseudo_header(
         connection & 0xFFFF,
         min(max_size, 0xFFFF),
         side,
-        0,
+        FLAG_CONTROL if control else 0,
     )
 
 
@@ -195,14 +206,31 @@ class CaptureWriter:
         max_size: int = 0,
         side: Side = Side.BUS,
     ) -> ChannelTap:
-        """A tap for one channel: precomputed pseudo-headers for both directions."""
+        """A tap for one channel: precomputed pseudo-headers for both directions.
+
+        A ``SOCKET`` channel gets a :class:`SocketTap`, which also flags the
+        channel's own frames and records the end of the connection.
+        """
         ph = {
-            d: pseudo_header(
-                d, channel, profile, bus=bus, connection=connection, max_size=max_size, side=side
+            (d, ctl): pseudo_header(
+                d,
+                channel,
+                profile,
+                bus=bus,
+                connection=connection,
+                max_size=max_size,
+                side=side,
+                control=ctl,
             )
             for d in Direction
+            for ctl in (False, True)
         }
-        return ChannelTap(self.record, ph[Direction.TO_DEVICE], ph[Direction.TO_DRIVER])
+        down, up = ph[Direction.TO_DEVICE, False], ph[Direction.TO_DRIVER, False]
+        if channel is not ChannelKind.SOCKET:
+            return ChannelTap(self.record, down, up)
+        return SocketTap(
+            self.record, down, up, ph[Direction.TO_DEVICE, True], ph[Direction.TO_DRIVER, True]
+        )
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait (bounded) until every queued frame is written; True if the queue emptied."""
@@ -353,6 +381,46 @@ class ChannelTap:
         self._record(self._up, data)
 
 
+class SocketTap(ChannelTap):
+    """The tap of a socket connection: control frames flagged, the hang-up recorded."""
+
+    __slots__ = ("_ctl_down", "_ctl_up", "ended")
+
+    def __init__(
+        self,
+        record: Callable[[bytes, bytes | bytearray | memoryview], None],
+        down: bytes,
+        up: bytes,
+        ctl_down: bytes,
+        ctl_up: bytes,
+    ) -> None:
+        """Bind the writer's record function and the four pseudo-headers."""
+        super().__init__(record, down, up)
+        self._ctl_down = ctl_down
+        self._ctl_up = ctl_up
+        self.ended = False
+        """Whether the end of the connection has been recorded."""
+
+    def down(self, data: bytes | bytearray | memoryview) -> None:
+        """Record a datagram sent towards the backend (bus -> backend)."""
+        control = len(data) > 1 and data[0] & 0x02 and data[1] in SOCKET_CONTROL_IDS
+        self._record(self._ctl_down if control else self._down, data)
+
+    def up(self, data: bytes | bytearray | memoryview) -> None:
+        """Record a datagram sent towards the bus (backend -> bus)."""
+        control = len(data) > 1 and data[0] & 0x02 and data[1] in SOCKET_CONTROL_IDS
+        self._record(self._ctl_up if control else self._up, data)
+
+    def end(self, direction: Direction) -> None:
+        """Record, once, that the connection ended: the side ``direction`` leaves hung up.
+
+        ``TO_DEVICE``: the bus side closed; ``TO_DRIVER``: the backend side closed.
+        """
+        if not self.ended:
+            self.ended = True
+            self._record(self._ctl_down if direction is Direction.TO_DEVICE else self._ctl_up, b"")
+
+
 @dataclass
 class BusCapture:
     """The capture of one bus: the shared writer and this bus's instance number.
@@ -379,8 +447,10 @@ class BusCapture:
 
 
 __all__ = [
+    "FLAG_CONTROL",
     "LINKTYPE",
     "PSEUDO_HEADER",
+    "SOCKET_CONTROL_IDS",
     "BusCapture",
     "CaptureLimits",
     "CaptureWriter",
@@ -388,6 +458,7 @@ __all__ = [
     "ChannelTap",
     "Direction",
     "Side",
+    "SocketTap",
     "pseudo_header",
     "ring_path",
 ]

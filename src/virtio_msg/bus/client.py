@@ -29,7 +29,9 @@ validated like any other peer data; malformed datagrams are counted and too
 many of them (``max_malformed``) close the connection.  Every wait is bounded: connect and the
 announcement by ``timeout``, ADD/REMOVE by ``control_timeout`` (a bus that
 does not answer is abandoned: the connection closes), sends by the bus's
-``timeout_ms`` (a bus that stops reading is abandoned too).
+``timeout_ms`` (a bus that stops reading is abandoned too).  With a
+``capture`` writer, every datagram of the connection is recorded from the
+backend's side (ANNOUNCE first; the hang-up as an empty control frame).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from typing import Any, Final
 
 import virtio_msg.spec as C
 from virtio_msg.bus.backend import Backend
+from virtio_msg.bus.capture import CaptureWriter, ChannelKind, Direction, Side, SocketTap
 from virtio_msg.bus.protocol import (
     CONTROL_IDS,
     MSG_ADD,
@@ -108,11 +111,14 @@ class BackendClient:
         control_timeout: float | None = None,
         path: str = "",
         max_malformed: int = MAX_MALFORMED,
+        tap: SocketTap | None = None,
     ) -> None:
         """Wrap a connected socket whose ANNOUNCE was already taken (use :func:`connect`)."""
         self.path = path
         self.max_malformed = max_malformed
         """Malformed or unexpected datagrams tolerated before hanging up."""
+        self.tap = tap
+        """Where the connection's datagrams are recorded (None: capture is off)."""
         self.announcement = announcement
         self.params: BusParams = announcement.params()
         self.region = region
@@ -206,6 +212,8 @@ class BackendClient:
 
     def close(self) -> None:
         """Hang up: the bus removes this backend's devices.  Idempotent."""
+        if self.tap is not None and not self._closing:
+            self.tap.end(Direction.TO_DRIVER)
         self._fail("closed by the backend", violation=False)
         if threading.current_thread() is not self._rx and self._rx.is_alive():
             self._rx.join(JOIN_TIMEOUT)
@@ -236,6 +244,8 @@ class BackendClient:
         with self._send_lock:
             if self._sock_closed or self._closing:
                 raise BusError(f"not connected to the bus ({self.reason or 'closing'})")
+            if self.tap is not None:
+                self.tap.up(data)
             try:
                 self._sock.send(data)
             except BlockingIOError:
@@ -301,8 +311,15 @@ class BackendClient:
                 except OSError as exc:
                     reset = exc.errno == errno.ECONNRESET
                     why = "the bus closed the connection" if reset else f"receive failed: {exc}"
+                    if reset and self.tap is not None and not self._closing:
+                        self.tap.end(Direction.TO_DEVICE)
                     self._fail(why, violation=False)
                     break
+                if self.tap is not None:
+                    if data:
+                        self.tap.down(data)
+                    elif not self._closing:
+                        self.tap.end(Direction.TO_DEVICE)
                 if not data:
                     self._fail("the bus closed the connection", violation=False)
                     break
@@ -424,7 +441,7 @@ def _take_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 
 def _receive_announcement(
     sock: socket.socket, path: str, timeout: float, max_region_size: int
-) -> tuple[Announcement, Region]:
+) -> tuple[Announcement, Region, bytes]:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     if not poller.poll(timeout * 1000):
@@ -461,10 +478,23 @@ def _receive_announcement(
             ann.params()
         except ValueError as exc:
             raise BusError(f"{path}: invalid ANNOUNCE: {exc}") from None
-        return ann, Region.from_fd(fds[0], ann.region_base, ann.region_size)
+        return ann, Region.from_fd(fds[0], ann.region_base, ann.region_size), data
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _backend_tap(
+    capture: CaptureWriter | None, ann: Announcement, announce: bytes
+) -> SocketTap | None:
+    """The backend side's tap of a connection, ANNOUNCE already recorded (None: no capture)."""
+    if capture is None:
+        return None
+    tap = capture.tap(ChannelKind.SOCKET, ann.profile, max_size=ann.max_msg_size, side=Side.BACKEND)
+    if not isinstance(tap, SocketTap):  # pragma: no cover - a SOCKET tap always is
+        return None
+    tap.down(announce)
+    return tap
 
 
 def connect(
@@ -474,13 +504,15 @@ def connect(
     control_timeout: float | None = None,
     max_region_size: int = MAX_REGION_SIZE,
     max_malformed: int = MAX_MALFORMED,
+    capture: CaptureWriter | None = None,
 ) -> BackendClient:
     """Connect to the socket bus at ``path``, map its region and start serving.
 
     ``timeout`` bounds the connect and the wait for ANNOUNCE;
     ``control_timeout`` bounds each ADD/REMOVE (default: 30 s or 10 x the
     bus's timeout, whichever is larger); more than ``max_malformed``
-    malformed or unexpected datagrams from the bus close the connection.  Raises
+    malformed or unexpected datagrams from the bus close the connection;
+    ``capture`` records the connection (side ``backend``, connection 0).  Raises
     :class:`~virtio_msg.errors.BusError` naming what went wrong.
     """
     where = os.fspath(path)
@@ -492,13 +524,13 @@ def connect(
         except OSError as exc:
             raise BusError(f"cannot connect to {where}: {exc.strerror or exc}") from None
         sock.settimeout(None)
-        ann, region = _receive_announcement(sock, where, timeout, max_region_size)
+        ann, region, raw = _receive_announcement(sock, where, timeout, max_region_size)
     except BaseException:
         sock.close()
         raise
     client = BackendClient(
         sock, ann, region, control_timeout=control_timeout, path=where,
-        max_malformed=max_malformed,
+        max_malformed=max_malformed, tap=_backend_tap(capture, ann, raw),
     )
     client.start()
     log.info(
@@ -516,6 +548,7 @@ def accept_bus(
     control_timeout: float | None = None,
     max_region_size: int = MAX_REGION_SIZE,
     on_listening: Callable[[], None] | None = None,
+    capture: CaptureWriter | None = None,
 ) -> BackendClient:
     """A backend that listens: wait at ``path`` for one bus to connect, then as :func:`connect`.
 
@@ -524,7 +557,8 @@ def accept_bus(
     connected or ``accept_timeout`` passed.  A peer of another user is
     refused.  After the connection the protocol is unchanged: the bus sends
     ANNOUNCE with the region memfd, the backend ADDs its devices.
-    ``on_listening`` is called once the socket accepts connections.
+    ``on_listening`` is called once the socket accepts connections;
+    ``capture`` records the connection as for :func:`connect`.
     """
     from virtio_msg.bus.socket import listen
     from virtio_msg.bus.socket_limits import PEERCRED
@@ -550,11 +584,14 @@ def accept_bus(
         )
         if uid not in (os.geteuid(), 0):
             raise BusError(f"{where}: refused a bus of uid {uid} (not this user)")
-        ann, region = _receive_announcement(sock, where, timeout, max_region_size)
+        ann, region, raw = _receive_announcement(sock, where, timeout, max_region_size)
     except BaseException:
         sock.close()
         raise
-    client = BackendClient(sock, ann, region, control_timeout=control_timeout, path=where)
+    client = BackendClient(
+        sock, ann, region, control_timeout=control_timeout, path=where,
+        tap=_backend_tap(capture, ann, raw),
+    )
     client.start()
     log.info("backend: a bus connected at %s: profile %s", where, ann.profile.value)
     return client

@@ -8,8 +8,10 @@ checks of every datagram, the non-blocking send path with its bounded
 backlog and writer, PING, and the teardown.  Events go to the server's pump
 (:mod:`virtio_msg.bus.socket_pump`), ADD/REMOVE to the connection's control
 worker (:mod:`virtio_msg.bus.socket_control`); the limits are in
-:mod:`virtio_msg.bus.socket_limits`.  See the server module for the threads
-and why none of them can block the bus.
+:mod:`virtio_msg.bus.socket_limits`.  With a capture on the bus, every datagram
+is recorded as it is handed to the socket or as it was received (before any
+check), and the end of the connection as an empty control frame.  See the
+server module for the threads and why none of them can block the bus.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections import Counter, deque
 from typing import Protocol
 
 import virtio_msg.spec as C
+from virtio_msg.bus.capture import ChannelKind, Direction, SocketTap
 from virtio_msg.bus.loopback import LoopbackBus
 from virtio_msg.bus.protocol import (
     MSG_ADD,
@@ -116,6 +119,10 @@ class SocketChannel:
         self._max = params.max_size
         self._bufsize = params.max_size + 1  # one more byte detects oversize datagrams
         self._stall = (self.limits.stall_ms or params.timeout_ms) / 1000
+        capture = self.bus.capture
+        tap = capture and capture.tap(ChannelKind.SOCKET, params.profile, self._max, index)
+        self.tap: SocketTap | None = tap if isinstance(tap, SocketTap) else None
+        """Where this connection records its datagrams (None: capture is off)."""
         # Reading: the reader thread or one leader at a time, dispatching in order.
         self._rlock = threading.Lock()
         self._yield = threading.Condition()
@@ -181,6 +188,8 @@ class SocketChannel:
         ).encode()
         fds = array.array("i", [self.bus.region.fd])  # RegionClosed if the bus is closed
         self.bus.attach(self)
+        if self.tap is not None:
+            self.tap.down(announce)
         try:
             self._sock.sendmsg(
                 [announce], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], socket.MSG_DONTWAIT
@@ -279,6 +288,8 @@ class SocketChannel:
                 raise BusError(f"{self.name} is disconnected ({self.reason or 'closing'})")
             if request:
                 self.requests_sent += 1
+            if self.tap is not None:
+                self.tap.down(data)
             if not self._backlog:
                 try:
                     self._sock.send(data, _MSG_DONTWAIT)
@@ -381,6 +392,8 @@ class SocketChannel:
         finally:
             if got_read:
                 self._rlock.release()
+        if self.tap is not None:
+            self.tap.end(Direction.TO_DEVICE)  # unless the backend's hang-up was recorded
         self.closed.set()
         self.server.forget(self, reason)
 
@@ -409,7 +422,7 @@ class SocketChannel:
                     self._fail(receive_error(exc), violation=False)
                     break
                 if not data:
-                    self._fail("connection closed by the backend", violation=False)
+                    self._hung_up()
                     break
                 self._dispatch(data, flags)
         finally:
@@ -448,12 +461,19 @@ class SocketChannel:
                 self._fail(receive_error(exc), violation=False)
                 return
             if not data:
-                self._fail("connection closed by the backend", violation=False)
+                self._hung_up()
                 return
             self._dispatch(data, flags)
 
+    def _hung_up(self) -> None:
+        if self.tap is not None and not self._closing:
+            self.tap.end(Direction.TO_DRIVER)
+        self._fail("connection closed by the backend", violation=False)
+
     def _dispatch(self, data: bytes, flags: int) -> None:
         """Validate the framing of one datagram and route it (called with the read lock)."""
+        if self.tap is not None:
+            self.tap.up(data)
         if flags & _MSG_CTRUNC:
             self._fail("sent file descriptors, which the channel never accepts", violation=True)
             return

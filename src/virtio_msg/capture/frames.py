@@ -5,8 +5,9 @@
 pseudo-header of :mod:`virtio_msg.bus.capture`.  :func:`decode_frame` turns a
 frame into the JSON form ``virtio-msg decode`` prints, plus where and when the
 message crossed: the wire codec of the frame's profile decodes it strictly,
-the socket channel's own messages (ANNOUNCE, ADD, REMOVE) get their names and
-fields, and bytes after ``msg_size`` (the seed kernel's stale residue) are
+the socket channel's own messages (ANNOUNCE, ADD, REMOVE; flagged as control
+frames in the pseudo-header, an empty one being END, the connection's hang-up)
+get their names and fields, and bytes after ``msg_size`` (the seed kernel's stale residue) are
 reported as ``trailing``.  A capture file is peer data: every problem is a
 :class:`CaptureError` or a per-frame :class:`~virtio_msg.errors.MalformedMessage`
 that names what was wrong.
@@ -24,6 +25,7 @@ from typing import Any, Final
 import dpkt
 
 from virtio_msg.bus.capture import (
+    FLAG_CONTROL,
     LINKTYPE,
     PROFILES_BY_CODE,
     PSEUDO_HEADER,
@@ -68,6 +70,20 @@ CHANNEL_MESSAGES: Final[dict[tuple[int, bool], tuple[str, struct.Struct, tuple[s
 (name, payload layout, field names).  Payload sizes are exact."""
 
 
+END_RECORD: Final[dict[str, Any]] = {
+    "name": "END",
+    "type": None,
+    "msg_id": None,
+    "response": False,
+    "bus": True,
+    "dev_num": 0,
+    "token": None,
+    "msg_size": 0,
+    "fields": {},
+}
+"""What an empty control frame decodes to: the side in its direction hung up."""
+
+
 class CaptureError(VirtioMsgError):
     """A capture file that cannot be read (not pcapng, another link type, truncated)."""
 
@@ -91,6 +107,8 @@ class Frame:
     side: Side
     data: bytes
     """The message bytes exactly as they crossed."""
+    control: bool = False
+    """The channel's own protocol frame (pseudo-header flag), not a relayed message."""
 
 
 def parse_frame(number: int, ts: float, packet: bytes) -> Frame:
@@ -100,13 +118,17 @@ def parse_frame(number: int, ts: float, packet: bytes) -> Frame:
             f"frame {number}: {len(packet)} bytes, shorter than the 12-byte pseudo-header",
             "pseudo-header",
         )
-    version, direction, channel, profile, bus, conn, max_size, side, _ = PSEUDO_HEADER.unpack_from(
-        packet
+    version, direction, channel, profile, bus, conn, max_size, side, flags = (
+        PSEUDO_HEADER.unpack_from(packet)
     )
     if version != PSEUDO_HEADER_VERSION:
         raise MalformedMessage(
             f"frame {number}: pseudo-header version {version} (this reader knows 1)",
             "pseudo-header",
+        )
+    if flags & ~FLAG_CONTROL:
+        raise MalformedMessage(
+            f"frame {number}: unknown pseudo-header flags {flags:#04x}", "pseudo-header"
         )
     try:
         return Frame(
@@ -120,6 +142,7 @@ def parse_frame(number: int, ts: float, packet: bytes) -> Frame:
             max_size,
             Side(side),
             bytes(packet[PSEUDO_HEADER.size :]),
+            bool(flags & FLAG_CONTROL),
         )
     except (ValueError, KeyError):
         raise MalformedMessage(
@@ -183,13 +206,6 @@ def decode_frame(frame: Frame) -> dict[str, Any]:
     """
     codec = codec_for(frame.profile, frame.max_size)
     data = frame.data
-    header = codec.decode_header(data)
-    out: dict[str, Any] | None = None
-    if frame.channel is ChannelKind.SOCKET and header.bus:
-        out = _channel_message(codec, header.msg_id, header.response, data, header)
-    if out is None:
-        out = to_json(codec, codec.decode(data), msg_size=header.msg_size)
-    out["type"] = header.type
     record: dict[str, Any] = {
         "frame": frame.number,
         "time": frame.time,
@@ -198,7 +214,24 @@ def decode_frame(frame: Frame) -> dict[str, Any]:
         "bus_instance": frame.bus,
         "connection": frame.connection,
         "side": frame.side.name.lower(),
+        "control": frame.control,
     }
+    if frame.control and not data:
+        record.update(END_RECORD, profile=codec.profile.value)
+        return record
+    header = codec.decode_header(data)
+    out: dict[str, Any] | None = None
+    if (frame.control or frame.channel is ChannelKind.SOCKET) and header.bus:
+        out = _channel_message(codec, header.msg_id, header.response, data, header)
+    if out is None and frame.control:
+        raise MalformedMessage(
+            f"control frame with {'bus' if header.bus else 'transport'} msg_id "
+            f"{header.msg_id:#04x}, not a socket channel message",
+            "msg_id",
+        )
+    if out is None:
+        out = to_json(codec, codec.decode(data), msg_size=header.msg_size)
+    out["type"] = header.type
     record.update(out)
     if len(data) > header.msg_size:
         record["trailing"] = data[header.msg_size :].hex()
@@ -232,6 +265,7 @@ def _channel_message(
 
 __all__ = [
     "CHANNEL_MESSAGES",
+    "END_RECORD",
     "CaptureError",
     "Frame",
     "codec_for",

@@ -67,6 +67,7 @@ class Row:
             "name": self.name,
             "dev_num": self.dev_num,
             "token": self.record.get("token") if self.record else None,
+            "control": bool(self.record and self.record.get("control")),
             "pair": self.pair,
             "latency_us": round(self.latency * 1e6, 1) if self.latency is not None else None,
         }
@@ -76,7 +77,12 @@ class Row:
 
 
 def classify(record: dict[str, Any]) -> str:
-    """request, response or event, from the decoded header."""
+    """request, response or event, from the decoded header.
+
+    The socket channel's ANNOUNCE and END (a hang-up) are never answered: events.
+    """
+    if record["name"] in ("ANNOUNCE", "END"):
+        return EVENT
     if record["response"]:
         return RESPONSE
     rfc1_kick = (

@@ -21,6 +21,13 @@ COLOURS: Final = ("cyan", "green", "magenta", "yellow", "blue", "red", "bright_c
 """Colour of device N is COLOURS[N % len(COLOURS)]; bus messages are plain."""
 
 
+BUS_LANE: Final = frozenset(
+    {"ANNOUNCE", "ADD", "REMOVE", "END", "PING", "GET_DEVICES", "EVENT_DEVICE"}
+    | {"BUS_PING", "BUS_GET_DEVICES", "BUS_EVENT_DEVICE"}  # their linux-rfc1 names
+)
+"""Messages drawn between the bus and device columns (bus messages, channel control)."""
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -73,7 +80,7 @@ def trace_capture(
 
 def _lanes(row: dict[str, Any]) -> str:
     """The arrow between the three columns (each 10 characters wide)."""
-    bus_msg = row["name"] in ("ANNOUNCE", "ADD", "REMOVE", "PING", "GET_DEVICES", "EVENT_DEVICE")
+    bus_msg = row["name"] in BUS_LANE
     to_device = row["direction"] == Direction.TO_DEVICE.label
     if row["kind"] == MALFORMED:
         return "  " + "x" * 26
@@ -101,6 +108,10 @@ def render(result: dict[str, Any]) -> None:
             text += f" dev {dev}"
         if row["token"]:
             text += f" tok {row['token']}"
+        if row["name"] == "END":
+            text += " (connection closed by the " + (
+                "bus)" if row["direction"] == Direction.TO_DEVICE.label else "backend)"
+            )
         if row["kind"] == RESPONSE and row["pair"] is not None:
             text += f"  (#{row['pair']}, {row['latency_us']} us)"
         elif row["kind"] == REQUEST and row["pair"] is None:

@@ -4,7 +4,9 @@
 (``virtio-msg bus``, ``run --socket``), maps its region, ADDs the built-in
 device models and serves them until the bus goes away or it is interrupted (the
 devices are then REMOVEd). With ``--listen PATH`` it listens instead and serves
-the one bus that connects (``conformance device --connect PATH``). ``virtio-msg
+the one bus that connects (``conformance device --connect PATH``).
+``--capture FILE`` records the connection from the backend's side (with
+``--kernel``: the kernel's 44-byte buffers). ``virtio-msg
 backend vhost-user --socket PATH ...`` does the same for one device whose
 implementation is a vhost-user back end (qemu-storage-daemon, virtiofsd, DPDK);
 it exits 1 if the back end goes away, or, with ``--reconnect S``, REMOVEs the
@@ -27,6 +29,7 @@ from typing import Any
 
 from virtio_msg.bus.client import BackendClient, accept_bus, connect
 from virtio_msg.bus.socket import default_socket_path
+from virtio_msg.cli.capture_args import add_capture_args, close_capture, open_capture
 from virtio_msg.cli.common import Output, sigterm_as_interrupt, stop_on_signals
 from virtio_msg.cli.kernel import add_kernel_arguments, cmd_backend_kernel
 from virtio_msg.compose.config import DEFAULT_DEVICES, parse_device_specs
@@ -55,6 +58,7 @@ def cmd_backend(args: argparse.Namespace) -> int:
     except ValueError as exc:
         out.error(str(exc))
         return 2
+    capture = open_capture(args)  # ConfigError: reported by main
     try:
         if args.listen:
             with sigterm_as_interrupt():
@@ -62,16 +66,19 @@ def cmd_backend(args: argparse.Namespace) -> int:
                     args.listen,
                     accept_timeout=args.accept_timeout,
                     timeout=args.connect_timeout,
+                    capture=capture,
                     on_listening=lambda: out.emit(
                         f"listening at {args.listen}", event="listening", socket=str(args.listen)
                     ),
                 )
         else:
-            client = connect(args.socket, timeout=args.connect_timeout)
+            client = connect(args.socket, timeout=args.connect_timeout, capture=capture)
     except VirtioMsgError as exc:
+        close_capture(capture)
         out.error(str(exc))
         return 1
     except KeyboardInterrupt:
+        close_capture(capture)
         return 130
     ann = client.announcement
     where = args.listen or args.socket
@@ -123,6 +130,7 @@ def cmd_backend(args: argparse.Namespace) -> int:
         client.close()
         for model in models:
             model.close()
+        close_capture(capture)
     return 1 if failed else 0
 
 
@@ -184,6 +192,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     p.add_argument("--quiet", action="store_true", help="print errors only")
+    add_capture_args(p)
     add_kernel_arguments(p)
     p.set_defaults(func=cmd_backend)
 

@@ -4,7 +4,9 @@ The bus and its drivers run here; backend processes (``virtio-msg backend``,
 or any program speaking the documented socket protocol) connect, ADD devices
 and serve them.  Each added device is probed and, unless ``--no-selftest``,
 exercised; connections, devices and results are printed as they happen
-(text, or ``--json`` lines) until Ctrl-C or SIGTERM.
+(text, or ``--json`` lines) until Ctrl-C or SIGTERM.  ``--capture FILE``
+records every datagram of every backend connection, both ways, with the
+socket channel's own frames flagged (docs/capture.md).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import queue
 from pathlib import Path
 from typing import Any
 
+from virtio_msg.bus.capture import BusCapture
 from virtio_msg.bus.loopback import DEFAULT_BASE, DEFAULT_SIZE, DeviceEntry, LoopbackBus
 from virtio_msg.bus.socket import SocketChannel, SocketLimits, SocketServer, default_socket_path
+from virtio_msg.cli.capture_args import add_capture_args, close_capture, open_capture
 from virtio_msg.cli.common import Output, add_wire_args, parse_int, sigterm_as_interrupt
 from virtio_msg.cli.dt import add_dt_arguments
 from virtio_msg.errors import VirtioMsgError
@@ -54,7 +58,10 @@ def cmd_bus(args: argparse.Namespace) -> int:
         params = BusParams(
             tree.profile, tree.max_msg_size, tree.transport_features, timeout_ms=tree.timeout_ms
         )
+    capture = open_capture(args)  # ConfigError: reported by main
     bus = LoopbackBus(params, size=size, base=base, name=args.name)
+    if capture is not None:
+        bus.capture = BusCapture(capture)
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     bus.on_added.append(lambda e: events.put(("added", e)))
     bus.on_removed.append(lambda e: events.put(("removed", e)))
@@ -65,6 +72,7 @@ def cmd_bus(args: argparse.Namespace) -> int:
         server.start()
     except VirtioMsgError as exc:
         bus.close()
+        close_capture(capture)
         out.error(str(exc))
         return 1
     # SIGTERM becomes KeyboardInterrupt before "listening" is printed: a peer that
@@ -95,6 +103,7 @@ def cmd_bus(args: argparse.Namespace) -> int:
         totals = dict(sorted((bus.sent + bus.received).items()))
         dropped = dict(bus.dropped)
         bus.close()
+        close_capture(capture)
     out.emit(
         f"bus {bus.name} closed; messages: {sum(totals.values())}"
         + (f", dropped: {dropped}" if dropped else ""),
@@ -190,6 +199,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--no-selftest", action="store_true", help="do not exercise added devices")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    add_capture_args(p)
     add_dt_arguments(p)
     p.add_argument(
         "--instance",

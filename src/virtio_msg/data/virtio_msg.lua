@@ -3,8 +3,9 @@
 -- Reads captures written by `virtio-msg ... --capture FILE`: link type
 -- LINKTYPE_USER5 (152), every frame a 12-byte little-endian pseudo-header
 -- (version, direction, channel, profile, bus instance, connection, maximum
--- message size, side, reserved) followed by one virtio-msg message exactly as it
--- crossed the channel.  docs/capture.md describes the format and every field.
+-- message size, side, flags) followed by one virtio-msg message exactly as it
+-- crossed the channel.  Flags bit 0 marks the channel's own protocol frames
+-- (socket ANNOUNCE, ADD, REMOVE; an empty one is END, the connection's hang-up).  docs/capture.md describes the format and every field.
 --
 --   tshark -X lua_script:$(virtio-msg wireshark path) -r x.pcapng -Y virtio_msg
 --   virtio-msg wireshark install      (copies this file to the Lua plugin folder)
@@ -125,6 +126,7 @@ local f = {
     connection = ProtoField.uint16("virtio_msg.connection", "Connection"),
     max_size = ProtoField.uint16("virtio_msg.max_size", "Maximum message size"),
     side = ProtoField.uint8("virtio_msg.side", "Captured at", base.DEC, SIDES),
+    control = ProtoField.bool("virtio_msg.control", "Channel control frame", 8, nil, 0x01),
     type = ProtoField.uint8("virtio_msg.type", "Type", base.HEX),
     response = ProtoField.bool("virtio_msg.response", "Response", 8, nil, 0x01),
     bus = ProtoField.bool("virtio_msg.bus", "Bus message", 8, nil, 0x02),
@@ -265,6 +267,9 @@ function vm.dissector(tvb, pinfo, tree)
     ph:add_le(f.connection, tvb(6, 2))
     ph:add_le(f.max_size, tvb(8, 2))
     ph:add(f.side, tvb(10, 1))
+    local flags = tvb(11, 1):uint()
+    local control = flags % 2 == 1
+    local flags_item = ph:add(f.control, tvb(11, 1))
 
     local m = PH_LEN
     local n = len - PH_LEN
@@ -276,6 +281,17 @@ function vm.dissector(tvb, pinfo, tree)
     pinfo.cols.info = DIRECTIONS[direction]
     pinfo.cols.src = direction == 0 and "driver" or "device"
     pinfo.cols.dst = direction == 0 and "device" or "driver"
+    if flags > 1 then
+        malformed(flags_item, string.format("unknown pseudo-header flags 0x%02x", flags))
+        return
+    end
+    if control and n == 0 then
+        local who = direction == 0 and "bus" or "backend"
+        root:add(f.name, tvb(11, 1), "END")
+        root:append_text(", END (connection closed by the " .. who .. ")")
+        pinfo.cols.info = DIRECTIONS[direction] .. " END (connection closed by the " .. who .. ")"
+        return
+    end
     if n < hs then
         malformed(root, string.format("truncated header: %d bytes, the header is %d", n, hs))
         return
@@ -290,10 +306,11 @@ function vm.dissector(tvb, pinfo, tree)
     local key = (typ % 4) * 256 + msg_id
     local msg = nil
     local exact = false
-    if channel == SOCKET_CHANNEL and is_bus then
+    if (control or channel == SOCKET_CHANNEL) and is_bus then
         msg = CHANNEL_MESSAGES[key]
         exact = msg ~= nil
     end
+    local not_control = control and msg == nil
     if msg == nil then msg = MESSAGES[profile][key] end
     local name = "unknown"
     if msg ~= nil then
@@ -324,6 +341,11 @@ function vm.dissector(tvb, pinfo, tree)
         size_item = root:add_le(f.msg_size, tvb(m + 4, 2))
     end
     if typ > 3 then type_item:add_proto_expert_info(e_reserved, "reserved type bits 2-7 set") end
+    if not_control then
+        malformed(root, string.format("control frame with %s msg_id 0x%02x, not a socket "
+            .. "channel message", is_bus and "bus" or "transport", msg_id))
+        return
+    end
     local limits = MAX_SIZE_LIMITS[profile]
     local max = tvb(8, 2):le_uint()
     if max < limits[1] or max > limits[2] then max = limits[2] end
@@ -372,7 +394,7 @@ function vm.dissector(tvb, pinfo, tree)
     end
 
     -- Pairing (first pass builds it; every pass shows it).
-    local is_event = bit_set(msg_id, 0x40) and not rfc1_kick
+    local is_event = (bit_set(msg_id, 0x40) and not rfc1_kick) or name == "ANNOUNCE"
     local kind = response and "response" or (is_event and "event" or "request")
     if not pinfo.visited and kind ~= "event" then
         local req_dir = direction
