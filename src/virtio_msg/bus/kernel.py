@@ -27,7 +27,10 @@ probed the device, so the request reader must already be running.
   driver is unbound through sysfs when it can be, because the seed calls the
   driver's remove with its transfer lock held (seed defect 2);
 * the region is mapped with exactly the size ``lseek(SEEK_END)`` reports, never
-  more (seed defect 1: the kernel's own bound check would allow it).
+  more (seed defect 1: the kernel's own bound check would allow it);
+* with a ``capture`` writer, every buffer is recorded exactly as ``read``
+  returned it (driver->device, stale bytes after ``msg_size`` kept) and as it
+  is handed to ``write`` (device->driver, the 44-byte frame).
 
 All device-file access goes through the small :class:`KernelFiles` interface:
 :class:`DeviceFiles` is the real one (``os.open``, ``os.read``, ``fcntl.ioctl``,
@@ -54,10 +57,12 @@ from pathlib import Path
 from typing import Final, Protocol, TypeVar
 
 from virtio_msg.bus.backend import Backend
+from virtio_msg.bus.capture import CaptureWriter, ChannelKind, ChannelTap, Side
 from virtio_msg.errors import VirtioMsgError
 from virtio_msg.memory import Region
 from virtio_msg.transport.model import DeviceModel
 from virtio_msg.transport.params import BusParams
+from virtio_msg.wire import Profile
 from virtio_msg.wire.compat import KERNEL_FRAME_SIZE
 
 log = logging.getLogger(__name__)
@@ -277,6 +282,7 @@ class KernelChannel:
         *,
         op_timeout_s: float = 60.0,
         backend_class: type[Backend] = Backend,
+        capture: CaptureWriter | None = None,
     ) -> None:
         """Open the files, map the region at bus address ``base`` and start the reader.
 
@@ -284,9 +290,17 @@ class KernelChannel:
         equal the size the device reports; the mapping always has the
         device's size.  ``op_timeout_s`` bounds each ADD and REMOVE.
         ``backend_class`` serves the devices (a recording one for the
-        conformance tool).
+        conformance tool); ``capture`` records every buffer read and written
+        (channel ``kernel``, side ``backend``).
         """
         self.files = files
+        self.tap: ChannelTap | None = None
+        """Where the buffers are recorded (None: capture is off)."""
+        if capture is not None:
+            self.tap = capture.tap(
+                ChannelKind.KERNEL, Profile.LINUX_RFC1, max_size=KERNEL_FRAME_SIZE,
+                side=Side.BACKEND,
+            )
         self.op_timeout_s = op_timeout_s
         self.stats: Counter[str] = Counter()
         """Frames read, responses and events written, frames refused, ..."""
@@ -425,6 +439,8 @@ class KernelChannel:
     # --- threads ------------------------------------------------------------------------------
 
     def _write(self, frame: bytes, kind: str) -> None:
+        if self.tap is not None:
+            self.tap.up(frame)
         try:
             n = self.msg.write(frame)
         except OSError as exc:
@@ -452,6 +468,8 @@ class KernelChannel:
                 self.stats["empty-read"] += 1
                 continue
             self.stats["frame"] += 1
+            if self.tap is not None:
+                self.tap.down(frame)
             self._answered = False
             self._delivering = True
             try:

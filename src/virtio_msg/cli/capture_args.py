@@ -40,14 +40,19 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def capture_limits(args: argparse.Namespace) -> CaptureLimits:
+    """The limits ``--capture-size`` and ``--capture-files`` ask for; ConfigError if bad."""
+    try:
+        return CaptureLimits(int(args.capture_size * (1 << 20)), args.capture_files)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def open_capture(args: argparse.Namespace) -> CaptureWriter | None:
     """Start the capture the options ask for; ConfigError if it cannot be."""
     if not getattr(args, "capture", None):
         return None
-    try:
-        limits = CaptureLimits(int(args.capture_size * (1 << 20)), args.capture_files)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    limits = capture_limits(args)
     try:
         return CaptureWriter(args.capture, limits)
     except OSError as exc:
@@ -61,4 +66,4 @@ def close_capture(writer: CaptureWriter | None) -> None:
         print(writer.summary(), file=sys.stderr)
 
 
-__all__ = ["add_capture_args", "close_capture", "open_capture"]
+__all__ = ["add_capture_args", "capture_limits", "close_capture", "open_capture"]

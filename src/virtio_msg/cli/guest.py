@@ -17,6 +17,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from virtio_msg.cli.capture_args import add_capture_args, capture_limits
+
 
 def cmd_guest(args: argparse.Namespace) -> int:
     """Run the harness for ``args.kernel``; print the report."""
@@ -26,6 +28,8 @@ def cmd_guest(args: argparse.Namespace) -> int:
     devices = parse_devices(args.devices)
     if args.timeout <= 0:
         raise ValueError("--timeout must be positive")
+    limits = capture_limits(args)  # ConfigError: reported by main
+    capture = Path(args.capture) if args.capture else None
     try:
         report = run_guest(
             args.kernel,
@@ -33,6 +37,8 @@ def cmd_guest(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             keep=args.keep,
             conformance=args.conformance,
+            capture=capture,
+            capture_limits=limits,
         )
     except GuestSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -92,5 +98,10 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         default=None,
         metavar="DIR",
         help="keep the tree, initramfs, QEMU command and console log in DIR",
+    )
+    add_capture_args(p)
+    p.epilog = (
+        "--capture: the in-guest backend records the kernel channel with these limits; "
+        "the file (and its ring) is copied out over the serial console after the checks"
     )
     p.set_defaults(func=cmd_guest)

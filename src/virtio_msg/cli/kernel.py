@@ -7,7 +7,8 @@ kernel's ``/dev/virtio-msg-lb`` and ``/dev/virtio-msg-0``, maps the region
 device (the kernel's own drivers probe it while ADD runs) and serves them
 until SIGINT or SIGTERM, then REMOVEs them and exits 0 (1 if a device could
 not be added or removed).  Devices use the ``backend --socket`` syntax;
-``blk=IMAGE`` (or ``N:blk=IMAGE``) serves an image file.  The work is
+``blk=IMAGE`` (or ``N:blk=IMAGE``) serves an image file; ``--capture FILE``
+records every 44-byte buffer read from and written to the message device.  The work is
 :class:`virtio_msg.bus.kernel.KernelChannel`; docs/kernel.md explains it.
 """
 
@@ -28,6 +29,7 @@ from virtio_msg.bus.kernel import (
     KernelError,
     KernelFiles,
 )
+from virtio_msg.cli.capture_args import close_capture, open_capture
 from virtio_msg.cli.common import Output, parse_int, stop_on_signals
 from virtio_msg.compose.config import DEFAULT_DEVICES, parse_device_specs
 from virtio_msg.devices.catalog import make_device
@@ -169,30 +171,36 @@ def cmd_backend_kernel(args: argparse.Namespace, files: KernelFiles | None = Non
     if files is None:
         files = DeviceFiles(lb_path, msg_path, args.sysfs_dir)
     stop = threading.Event()
-    with stop_on_signals(stop):
-        reader_wakeup()
-        try:
-            channel = KernelChannel(files, base, size, op_timeout_s=args.op_timeout)
-        except FileNotFoundError as exc:
-            out.error(
-                f"kernel channel: {exc.filename} does not exist: the kernel needs "
-                "CONFIG_VIRTIO_MSG_LOOPBACK (with VIRTIO_MSG, VIRTIO_MSG_USER) and a "
-                "restricted-dma-pool named vmsglb (docs/kernel.md)"
+    capture = open_capture(args)  # ConfigError: reported by main
+    try:
+        with stop_on_signals(stop):
+            reader_wakeup()
+            try:
+                channel = KernelChannel(
+                    files, base, size, op_timeout_s=args.op_timeout, capture=capture
+                )
+            except FileNotFoundError as exc:
+                out.error(
+                    f"kernel channel: {exc.filename} does not exist: the kernel needs "
+                    "CONFIG_VIRTIO_MSG_LOOPBACK (with VIRTIO_MSG, VIRTIO_MSG_USER) and a "
+                    "restricted-dma-pool named vmsglb (docs/kernel.md)"
+                )
+                return 1
+            except (KernelError, OSError) as exc:
+                out.error(f"kernel channel ({lb_path}, {msg_path}): {exc}")
+                return 1
+            out.emit(
+                f"kernel channel on {lb_path} and {msg_path}: region {base:#x} + "
+                f"{channel.region.size:#x}",
+                event="open",
+                lb=lb_path,
+                msg=msg_path,
+                base=base,
+                size=channel.region.size,
             )
-            return 1
-        except (KernelError, OSError) as exc:
-            out.error(f"kernel channel ({lb_path}, {msg_path}): {exc}")
-            return 1
-        out.emit(
-            f"kernel channel on {lb_path} and {msg_path}: region {base:#x} + "
-            f"{channel.region.size:#x}",
-            event="open",
-            lb=lb_path,
-            msg=msg_path,
-            base=base,
-            size=channel.region.size,
-        )
-        return serve_kernel(channel, devices, out, stop)
+            return serve_kernel(channel, devices, out, stop)
+    finally:
+        close_capture(capture)
 
 
 def reader_wakeup() -> None:

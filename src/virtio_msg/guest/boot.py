@@ -6,7 +6,9 @@ collects ``VMSG-CHECK`` lines as the guest prints them and stops QEMU when the
 guest prints ``VMSG-END``, powers off, or the timeout passes.  The boot itself
 is a check: no verdict in time is a failed ``boot`` check quoting the last
 console lines, never a hang.  KVM is used when ``/dev/kvm`` is usable and the
-host is arm64; otherwise QEMU's software emulation.
+host is arm64; otherwise QEMU's software emulation.  With ``capture``, the
+guest records its kernel channel and the file comes out on the same console
+(:mod:`.capture_out`); whether it did is the ``capture`` check.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from virtio_msg.bus.capture import CaptureLimits
+from virtio_msg.guest.capture_out import CONFIG_NAME, config_file, save_captures
 from virtio_msg.guest.dtb import GuestSetupError, MachineOptions, build_guest_dtb
 from virtio_msg.guest.initramfs import build_initramfs
 
@@ -208,6 +212,8 @@ def run_guest(
     qemu_extra: Sequence[str] = (),
     bench: float = 0.0,
     conformance: bool = False,
+    capture: Path | None = None,
+    capture_limits: CaptureLimits | None = None,
 ) -> GuestReport:
     """Boot ``kernel`` with the loopback and the checks for ``devices``; the report.
 
@@ -215,7 +221,8 @@ def run_guest(
     > 0 also times /dev/hwrng in the guest for that many seconds per rng
     (``report.bench``); ``conformance`` also runs ``conformance driver --kernel``
     in the guest after the checks (``report.conformance``, and a ``conformance``
-    check).
+    check).  ``capture`` asks the guest to record its kernel channel
+    (``capture_limits`` inside the guest) and is where the copied-out file is written.
     """
     image = Path(kernel)
     report = GuestReport(kernel=str(image))
@@ -230,8 +237,15 @@ def run_guest(
     try:
         dtb, initrd = work / "guest.dtb", work / "initramfs.cpio.gz"
         dtb.write_bytes(build_guest_dtb(machine, extra=qemu_extra))
+        limits = capture_limits or CaptureLimits()
+        request = {CONFIG_NAME: config_file(limits.max_bytes, limits.files)} if capture else None
         build_initramfs(
-            initrd, devices, budget=guest_budget(timeout), bench=bench, conformance=conformance
+            initrd,
+            devices,
+            budget=guest_budget(timeout),
+            bench=bench,
+            conformance=conformance,
+            files=request,
         )
         cmd = qemu_command(machine, image, dtb, initrd, qemu_extra)
         (work / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
@@ -256,6 +270,8 @@ def run_guest(
                     "complete", False, f"the guest did not finish its checks within {timeout:.0f} s"
                 )
             )
+        if capture is not None:
+            report.checks.append(Check("capture", *save_captures(text, capture)))
         return report
     finally:
         if keep is None:

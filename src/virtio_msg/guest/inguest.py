@@ -13,7 +13,10 @@ and its clock set and read back.  Every verdict is printed on the console as one
 ``CONFIG_`` option.  A watchdog bounds the whole run by ``BUDGET`` seconds:
 when it is spent, the run ends with a failed ``complete`` check naming the step
 that was stuck, the backend's threads' tracebacks and, where the kernel has
-``CONFIG_MAGIC_SYSRQ``, its blocked tasks in the kernel log.
+``CONFIG_MAGIC_SYSRQ``, its blocked tasks in the kernel log.  When the host
+asked for a capture (:mod:`.capture_out`), the backend records the kernel
+channel and, once it has stopped, the capture is printed on the console for
+the host to copy out.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from virtio_msg.devices.i2c import DEMO_RTC_ADDRESS
+from virtio_msg.guest.capture_out import CaptureCopyError, backend_args, emit_capture, load_config
 from virtio_msg.guest.inguest_conformance import run_conformance
 
 LB = Path("/dev/virtio-msg-lb")
@@ -384,19 +389,30 @@ def main(argv: list[str]) -> int:
     kinds = [k for k in args.devices.split(",") if k]
     watchdog = Watchdog(args.budget)
     try:
-        return _checks(kinds, watchdog, args.bench, args.conformance)
+        capture = load_config()
+    except CaptureCopyError as exc:
+        emit("capture", False, str(exc))
+        capture = None
+    try:
+        return _checks(kinds, watchdog, args.bench, args.conformance, capture)
     finally:
         watchdog.stop()
 
 
 def _checks(
-    kinds: list[str], watchdog: Watchdog, bench: float = 0.0, conformance: bool = False
+    kinds: list[str],
+    watchdog: Watchdog,
+    bench: float = 0.0,
+    conformance: bool = False,
+    capture: dict[str, Any] | None = None,
 ) -> int:
     emit("boot", True, f"init reached, kernel {os.uname().release}")
     if not LB.exists():
         emit("loopback", False, f"no {LB}: the kernel lacks {LB_OPTIONS}")
         for kind in kinds:
             emit(kind, False, f"not run: no {LB}")
+        if capture is not None:
+            emit_capture(capture, reason=f"no {LB}: the backend never ran")
         return 1
     emit("loopback", True, f"{LB} present")
     missing = [k for k in kinds if not driver_present(k)]
@@ -409,7 +425,8 @@ def _checks(
     specs = [f"{n}:{k}" + (f"={DISK}" if k == "blk" else "") for n, k in enumerate(kinds)]
     rngs_before = rng_names()
     watchdog.enter("backend start")
-    backend = Backend([spec for spec, k in zip(specs, kinds, strict=True) if k in run])
+    served = [spec for spec, k in zip(specs, kinds, strict=True) if k in run]
+    backend = Backend(served + backend_args(capture))
     watchdog.backend = backend
     checks: dict[str, Callable[[], str]] = {
         "rng": lambda: check_rng(rngs_before),
@@ -440,6 +457,9 @@ def _checks(
     watchdog.enter("backend stop")
     status = backend.stop()
     emit("backend-exit", status == 0, f"backend exit status {status} after SIGTERM")
+    if capture is not None:  # the file is complete: the backend has stopped
+        watchdog.enter("capture copy-out")
+        emit_capture(capture)
     if conformance and run and status == 0:
         watchdog.enter("conformance")
         start = time.monotonic()

@@ -17,7 +17,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from virtio_msg.guest.dtb import GuestSetupError
@@ -117,12 +117,15 @@ def stage(
     budget: float = DEFAULT_BUDGET,
     bench: float = 0.0,
     conformance: bool = False,
+    files: Mapping[str, bytes] | None = None,
 ) -> None:
     """Fill ``root`` with the unpacked packages, the Python code and ``/init``.
 
     ``budget`` bounds the in-guest checks (seconds, from the start of ``/init``);
     ``bench`` > 0 also times /dev/hwrng for that many seconds per rng;
-    ``conformance`` also runs the driver conformance suite behind the kernel channel.
+    ``conformance`` also runs the driver conformance suite behind the kernel channel;
+    ``files`` are extra files (path relative to the root: content), e.g. the
+    capture request of :mod:`virtio_msg.guest.capture_out`.
     """
     for deb in debs:
         proc = subprocess.run(
@@ -137,6 +140,10 @@ def stage(
     for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/lintian"):
         shutil.rmtree(root / junk, ignore_errors=True)
     copy_python_packages(root / SITE)
+    for name, data in (files or {}).items():
+        extra = root / name
+        extra.parent.mkdir(parents=True, exist_ok=True)
+        extra.write_bytes(data)
     init = root / "init"
     init.write_text(
         INIT.format(
@@ -198,10 +205,11 @@ def build_initramfs(
     budget: float = DEFAULT_BUDGET,
     bench: float = 0.0,
     conformance: bool = False,
+    files: Mapping[str, bytes] | None = None,
 ) -> int:
     """Build the initramfs at ``dest`` (see :func:`stage`); the number of archive entries."""
     debs = find_debs(cache or cache_dir())
     with tempfile.TemporaryDirectory(prefix="vmsg-initramfs-") as tmp:
         root = Path(tmp)
-        stage(root, debs, devices, budget, bench, conformance)
+        stage(root, debs, devices, budget, bench, conformance, files)
         return write_cpio(root, dest)
