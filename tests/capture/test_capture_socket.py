@@ -229,3 +229,29 @@ def test_control_flag_rules(tmp_path: Path) -> None:
     assert isinstance(bad, MalformedMessage) and "flags 0x02" in str(bad)
     if TSHARK is not None:
         assert any(n == "virtio_msg.malformed" for n, _, _ in tshark_packets(path2)[0])
+
+
+def test_a_bus_that_shuts_down_is_recorded_as_its_hang_up_on_both_sides(tmp_path: Path) -> None:
+    d = Path(tempfile.mkdtemp(prefix="vmsg-cap-"))
+    sock, bus_cap, be_cap = d / "bus.sock", tmp_path / "bus.pcapng", tmp_path / "be.pcapng"
+    bus = spawn("bus", "--socket", str(sock), "--json", "--no-selftest", "--capture", str(bus_cap))
+    backend = None
+    try:
+        read_lines(bus, "listening")
+        backend = spawn("backend", "--socket", str(sock), "--json", "rng", "--capture", str(be_cap))
+        read_lines(bus, "added")
+        _out, err = stop(bus)  # SIGTERM: the bus closes every connection
+        assert bus.returncode == 0, err
+        out, err = stop(backend, signal.SIGCONT)  # it leaves by itself once the bus is gone
+        assert backend.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["event"] == "disconnected"
+    finally:
+        for proc in (backend, bus):
+            if proc is not None:
+                stop(proc, signal.SIGKILL)
+    for path in (bus_cap, be_cap):
+        frames = frames_of(path)
+        ends = [f for f in frames if f.control and not f.data]
+        assert ends == [frames[-1]], path  # exactly one END, the last frame
+        assert ends[0].direction is Direction.TO_DEVICE  # the bus side hung up
+        assert decode_frame(ends[0])["name"] == "END"
