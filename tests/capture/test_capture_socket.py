@@ -255,3 +255,20 @@ def test_a_bus_that_shuts_down_is_recorded_as_its_hang_up_on_both_sides(tmp_path
         assert ends == [frames[-1]], path  # exactly one END, the last frame
         assert ends[0].direction is Direction.TO_DEVICE  # the bus side hung up
         assert decode_frame(ends[0])["name"] == "END"
+
+
+@pytest.mark.parametrize("profile", ["spec", "linux-rfc1"])
+def test_run_over_the_socket_with_capture(profile: str, tmp_path: Path) -> None:
+    path = tmp_path / "run-socket.pcapng"
+    assert main(["run", "--socket", "--json", "--profile", profile, "--capture", str(path)]) == 0
+    frames = frames_of(path)
+    assert {(f.channel, f.side, f.bus) for f in frames} == {(ChannelKind.SOCKET, Side.BUS, 0)}
+    records = [decode_frame(f) for f in frames]
+    assert records[0]["name"] == "ANNOUNCE" and records[-1]["name"] == "END"
+    assert {r["dev_num"] for r in records if not r["bus"]} == {0, 1, 2, 3}
+    added = {r["fields"]["dev_num"] for r in records if r["name"] == "ADD" and r["response"]}
+    assert added == {0, 1, 2, 3}
+    rows = pair_frames(read_capture(path))
+    assert not [r for r in rows if r.kind == "request" and r.pair is None]
+    if TSHARK is not None:
+        assert check_same_as_decode(path) == 0

@@ -96,18 +96,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         taken = [n for n, _ in first.devices]
         vhost = tuple(assign_numbers(args.vhost_user, taken))
         configs[0] = dataclasses.replace(first, vhost=vhost)
-    if args.socket:
-        from virtio_msg.compose.socket import run_over_socket
+    capture = open_capture(args)
+    try:
+        if args.socket:
+            from virtio_msg.compose.socket import run_over_socket
 
-        if args.capture:
-            raise ValueError("--capture is not available with run --socket yet (use bus --capture)")
-        report = run_over_socket(configs)
-    else:
-        capture = open_capture(args)
-        try:
+            report = run_over_socket(configs, capture=capture)
+        else:
             report = run_loopback(configs, capture)
-        finally:
-            close_capture(capture)
+    finally:
+        close_capture(capture)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from virtio_msg.bus.capture import BusCapture, CaptureWriter
 from virtio_msg.bus.loopback import DeviceEntry, LoopbackBus
 from virtio_msg.bus.socket import SocketServer
 from virtio_msg.compose.config import RunConfig
@@ -34,7 +35,12 @@ CHILD_EXIT_TIMEOUT: Final = 5.0
 """How long a backend process gets to exit after the bus closes, seconds."""
 
 
-def _run_one_over_socket(config: RunConfig, start_timeout: float | None) -> dict[str, Any]:
+def _run_one_over_socket(
+    config: RunConfig,
+    start_timeout: float | None,
+    capture: CaptureWriter | None = None,
+    index: int = 0,
+) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     specs: list[str] = []
     for dev_num, type_name in config.devices:
@@ -48,6 +54,8 @@ def _run_one_over_socket(config: RunConfig, start_timeout: float | None) -> dict
     wanted = {int(s.split(":")[0]) for s in specs}
     tmp = Path(tempfile.mkdtemp(prefix="virtio-msg-"))  # mode 0700
     bus = LoopbackBus(config.params, size=config.size, base=config.base, name=config.name)
+    if capture is not None:
+        bus.capture = BusCapture(capture, index)
     added: set[int] = set()
     cv = threading.Condition()
 
@@ -156,15 +164,22 @@ def _exercise(
 
 
 def run_over_socket(
-    configs: list[RunConfig], *, start_timeout: float | None = None
+    configs: list[RunConfig],
+    *,
+    start_timeout: float | None = None,
+    capture: CaptureWriter | None = None,
 ) -> dict[str, Any]:
     """``virtio-msg run --socket``: each bus's devices served by a backend process.
 
     Same report as :func:`virtio_msg.compose.loopback.run_loopback` (each bus report
     gains a ``channel`` entry).  ``start_timeout`` bounds the wait for the
     backend to add its devices (default: 20 s or 4 x the request timeout).
+    With ``capture``, every bus records its socket connection (bus instance =
+    the bus's index), as ``bus --capture`` does.
     """
-    return combine([_run_one_over_socket(c, start_timeout) for c in configs])
+    return combine(
+        [_run_one_over_socket(c, start_timeout, capture, i) for i, c in enumerate(configs)]
+    )
 
 
 __all__ = ["BACKEND_COMMAND", "CHILD_EXIT_TIMEOUT", "run_over_socket"]
