@@ -101,6 +101,7 @@ def both_sides(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path, Path
                         "--capture", str(be_cap), "--capture-files", "1")
         events = read_lines(bus, "selftest", 2)
         assert all(e["ok"] for e in events if e["event"] == "selftest"), events
+        read_lines(backend, "added", 2)  # both ADDs returned: a SIGTERM now REMOVEs both
         _out, err = stop(backend)  # SIGTERM: REMOVE both devices, then hang up
         assert backend.returncode == 0, err
         assert "capture: " in err and str(be_cap) in err
@@ -240,6 +241,7 @@ def test_a_bus_that_shuts_down_is_recorded_as_its_hang_up_on_both_sides(tmp_path
         read_lines(bus, "listening")
         backend = spawn("backend", "--socket", str(sock), "--json", "rng", "--capture", str(be_cap))
         read_lines(bus, "added")
+        read_lines(backend, "added")  # its ADD returned before the bus goes away
         _out, err = stop(bus)  # SIGTERM: the bus closes every connection
         assert bus.returncode == 0, err
         out, err = stop(backend, signal.SIGCONT)  # it leaves by itself once the bus is gone
