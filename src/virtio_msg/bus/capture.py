@@ -446,6 +446,16 @@ class BusCapture:
         )
 
 
+def socket_tap(
+    capture: BusCapture | None, profile: Profile, max_size: int, connection: int
+) -> SocketTap | None:
+    """The bus side's tap of socket connection ``connection`` (None: capture is off)."""
+    if capture is None:
+        return None
+    tap = capture.tap(ChannelKind.SOCKET, profile, max_size, connection)
+    return tap if isinstance(tap, SocketTap) else None
+
+
 __all__ = [
     "FLAG_CONTROL",
     "LINKTYPE",
@@ -461,4 +471,5 @@ __all__ = [
     "SocketTap",
     "pseudo_header",
     "ring_path",
+    "socket_tap",
 ]

@@ -491,8 +491,7 @@ def _backend_tap(
     if capture is None:
         return None
     tap = capture.tap(ChannelKind.SOCKET, ann.profile, max_size=ann.max_msg_size, side=Side.BACKEND)
-    if not isinstance(tap, SocketTap):  # pragma: no cover - a SOCKET tap always is
-        return None
+    assert isinstance(tap, SocketTap)  # a SOCKET tap always is
     tap.down(announce)
     return tap
 

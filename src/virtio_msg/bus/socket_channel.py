@@ -8,9 +8,8 @@ checks of every datagram, the non-blocking send path with its bounded
 backlog and writer, PING, and the teardown.  Events go to the server's pump
 (:mod:`virtio_msg.bus.socket_pump`), ADD/REMOVE to the connection's control
 worker (:mod:`virtio_msg.bus.socket_control`); the limits are in
-:mod:`virtio_msg.bus.socket_limits`.  With a capture on the bus, every datagram
-is recorded as it is handed to the socket or as it was received (before any
-check), and the end of the connection as an empty control frame.  See the
+:mod:`virtio_msg.bus.socket_limits`.  A capture on the bus records every datagram as
+sent or received (before any check), the hang-up as an empty control frame.  See the
 server module for the threads and why none of them can block the bus.
 """
 
@@ -28,7 +27,7 @@ from collections import Counter, deque
 from typing import Protocol
 
 import virtio_msg.spec as C
-from virtio_msg.bus.capture import ChannelKind, Direction, SocketTap
+from virtio_msg.bus.capture import Direction, socket_tap
 from virtio_msg.bus.loopback import LoopbackBus
 from virtio_msg.bus.protocol import (
     MSG_ADD,
@@ -51,6 +50,7 @@ from virtio_msg.wire import GenericMessage, Message
 from virtio_msg.wire import spec as S
 
 log = logging.getLogger(__name__)
+BACKEND_CLOSED = "connection closed by the backend"
 
 # socket's MSG_* are IntFlag members: ``flags & socket.MSG_TRUNC`` makes a new enum
 # member (about a microsecond); the per-datagram checks use plain ints.
@@ -119,10 +119,7 @@ class SocketChannel:
         self._max = params.max_size
         self._bufsize = params.max_size + 1  # one more byte detects oversize datagrams
         self._stall = (self.limits.stall_ms or params.timeout_ms) / 1000
-        capture = self.bus.capture
-        tap = capture and capture.tap(ChannelKind.SOCKET, params.profile, self._max, index)
-        self.tap: SocketTap | None = tap if isinstance(tap, SocketTap) else None
-        """Where this connection records its datagrams (None: capture is off)."""
+        self.tap = socket_tap(self.bus.capture, params.profile, self._max, index)
         # Reading: the reader thread or one leader at a time, dispatching in order.
         self._rlock = threading.Lock()
         self._yield = threading.Condition()
@@ -392,8 +389,8 @@ class SocketChannel:
         finally:
             if got_read:
                 self._rlock.release()
-        if self.tap is not None:
-            self.tap.end(Direction.TO_DEVICE)  # unless the backend's hang-up was recorded
+        if self.tap is not None:  # which side hung up first
+            self.tap.end(Direction.TO_DRIVER if reason == BACKEND_CLOSED else Direction.TO_DEVICE)
         self.closed.set()
         self.server.forget(self, reason)
 
@@ -422,7 +419,7 @@ class SocketChannel:
                     self._fail(receive_error(exc), violation=False)
                     break
                 if not data:
-                    self._hung_up()
+                    self._fail(BACKEND_CLOSED, violation=False)
                     break
                 self._dispatch(data, flags)
         finally:
@@ -461,14 +458,9 @@ class SocketChannel:
                 self._fail(receive_error(exc), violation=False)
                 return
             if not data:
-                self._hung_up()
+                self._fail(BACKEND_CLOSED, violation=False)
                 return
             self._dispatch(data, flags)
-
-    def _hung_up(self) -> None:
-        if self.tap is not None and not self._closing:
-            self.tap.end(Direction.TO_DRIVER)
-        self._fail("connection closed by the backend", violation=False)
 
     def _dispatch(self, data: bytes, flags: int) -> None:
         """Validate the framing of one datagram and route it (called with the read lock)."""
