@@ -155,3 +155,45 @@ def test_backend_kernel_refuses_a_bad_capture_size(
             "--capture-size", size, "--lb", str(tmp_path / "none")]
     assert main(argv) == 2
     assert "capture size limit" in capsys.readouterr().err
+
+
+def test_decode_pcap_kernel_compat_reads_the_seeds_set_drv_features(tmp_path: Path) -> None:
+    """Strictly the seed's SET_DRV_FEATURES (msg_size 14) is malformed; with the rule it reads."""
+    path = tmp_path / "kernel.pcapng"
+    kernel = SeedLoopback(size=SIZE, timeout_s=2.0)
+    writer = CaptureWriter(path)
+    try:
+        channel = KernelChannel(kernel, kernel.bus.region.base, SIZE, capture=writer)
+        try:
+            channel.serve(0, make_device("rng"))
+        finally:
+            channel.close()
+    finally:
+        writer.close()
+        kernel.close()
+    frames = list(read_capture(path))
+    feats = [
+        f
+        for f in frames
+        if not isinstance(f, MalformedMessage)
+        and f.data[:2] == bytes((0, TransportMsg.SET_DRIVER_FEATURES))
+    ]
+    assert feats
+    for f in feats:
+        with pytest.raises(MalformedMessage):
+            decode_frame(f)
+        record = decode_frame(f, kernel_compat=True)
+        assert record["name"] == "SET_DRV_FEATURES"
+        assert record["kernel_compat"] == {"wire_msg_size": 14, "msg_size": 22}
+        assert record["fields"]["features"][1] & 1  # VIRTIO_F_VERSION_1, read past msg_size
+    strict = subprocess.run(
+        [sys.executable, "-m", "virtio_msg", "decode", "--pcap", str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    compat = subprocess.run(
+        [sys.executable, "-m", "virtio_msg", "decode", "--pcap", str(path), "--kernel-compat"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert strict.returncode == 1 and "features: num=2 needs 8 bytes" in strict.stderr
+    assert compat.returncode == 0, compat.stderr
+    assert compat.stdout.count('"kernel_compat"') == len(feats)

@@ -44,6 +44,7 @@ from virtio_msg.bus.protocol import (
 )
 from virtio_msg.errors import MalformedMessage, VirtioMsgError
 from virtio_msg.wire import Codec, Profile, profile_limits, to_json
+from virtio_msg.wire.compat import kernel_frame
 
 CHANNEL_MESSAGES: Final[dict[tuple[int, bool], tuple[str, struct.Struct, tuple[str, ...]]]] = {
     (MSG_ANNOUNCE, False): (
@@ -199,13 +200,25 @@ def codec_for(profile: Profile, max_size: int) -> Codec:
     return Codec(profile, max_size if lo <= max_size <= hi else hi)
 
 
-def decode_frame(frame: Frame) -> dict[str, Any]:
+def decode_frame(frame: Frame, *, kernel_compat: bool = False) -> dict[str, Any]:
     """The JSON form of a frame's message (as ``decode``), with time, direction and channel.
 
+    ``kernel_compat`` applies the seed kernel's documented size rule to
+    linux-rfc1 frames (``decode --kernel-compat``, :mod:`virtio_msg.wire.compat`):
+    a corrected frame gets ``"kernel_compat": {"wire_msg_size", "msg_size"}``.
     Raises MalformedMessage, naming the field, if the message does not decode.
     """
     codec = codec_for(frame.profile, frame.max_size)
     data = frame.data
+    corrected: dict[str, int] | None = None
+    if kernel_compat and codec.profile is Profile.LINUX_RFC1 and not frame.control:
+        fixed = bytes(kernel_frame(data))
+        if fixed != data:
+            corrected = {
+                "wire_msg_size": data[4] | data[5] << 8,
+                "msg_size": fixed[4] | fixed[5] << 8,
+            }
+            data = fixed
     record: dict[str, Any] = {
         "frame": frame.number,
         "time": frame.time,
@@ -233,6 +246,8 @@ def decode_frame(frame: Frame) -> dict[str, Any]:
         out = to_json(codec, codec.decode(data), msg_size=header.msg_size)
     out["type"] = header.type
     record.update(out)
+    if corrected is not None:
+        record["kernel_compat"] = corrected
     if len(data) > header.msg_size:
         record["trailing"] = data[header.msg_size :].hex()
     return record

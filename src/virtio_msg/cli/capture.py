@@ -20,8 +20,11 @@ from virtio_msg.capture.frames import CaptureError, decode_frame, read_capture
 from virtio_msg.errors import MalformedMessage
 
 
-def decode_pcap(path: str) -> int:
-    """Print every frame of a capture as a JSON line; exit 1 if any frame failed."""
+def decode_pcap(path: str, kernel_compat: bool = False) -> int:
+    """Print every frame of a capture as a JSON line; exit 1 if any frame failed.
+
+    ``kernel_compat``: read linux-rfc1 frames with the seed kernel's size rule.
+    """
     failed = False
     try:
         for frame in read_capture(path):
@@ -30,7 +33,7 @@ def decode_pcap(path: str) -> int:
                 failed = True
                 continue
             try:
-                print(json.dumps(decode_frame(frame)), flush=True)
+                print(json.dumps(decode_frame(frame, kernel_compat=kernel_compat)), flush=True)
             except MalformedMessage as exc:
                 print(f"error: frame {frame.number}: {exc}", file=sys.stderr)
                 failed = True

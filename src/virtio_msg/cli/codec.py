@@ -51,7 +51,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
         if args.hex:
             raise ValueError("give hex messages or --pcap FILE, not both")
-        return decode_pcap(args.pcap)
+        return decode_pcap(args.pcap, kernel_compat=args.kernel_compat)
     if not args.hex:
         raise ValueError("decode needs hex messages, - for stdin, or --pcap FILE")
     codec = _codec(args)
@@ -105,7 +105,8 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         "--kernel-compat",
         action="store_true",
         help="linux-rfc1 only: accept the seed kernel's wrong msg_size in SET_DRV_FEATURES "
-        "(14) and SET_CONFIG (18), reading the fields past it (docs/kernel.md)",
+        "(14) and SET_CONFIG (18), reading the fields past it (docs/kernel.md); with --pcap, "
+        "applied to the capture's linux-rfc1 frames",
     )
     p.add_argument(
         "--pcap",
