@@ -66,9 +66,11 @@ def test_parsers_declare_the_documented_options() -> None:
     sub = parser.add_subparsers(dest="command")
     add_vhost_parser(sub)
     args = parser.parse_args(
-        ["vhost-user", "--socket", "/v.sock", "--type", "blk", "--dev-num", "3"]
+        ["vhost-user", "--vhost-user", "/v.sock", "--type", "blk", "--dev-num", "3",
+         "--socket", "/bus.sock"]
     )
-    assert (args.socket, args.type, args.dev_num) == (Path("/v.sock"), "blk", 3)
+    assert (args.vhost_user, args.type, args.dev_num) == (Path("/v.sock"), "blk", 3)
+    assert args.socket == Path("/bus.sock")
     run = argparse.ArgumentParser()
     add_vhost_run_arguments(run)
     args = run.parse_args(["--vhost-user", "socket=/a", "--vhost-user", "/b,type=net"])
@@ -129,8 +131,9 @@ def _vhost_backend(
     vhost_sock: Path, bus_sock: Path, dev_num: int, *extra: str
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "virtio_msg", "backend", "vhost-user", "--socket", str(vhost_sock),
-         "--bus", str(bus_sock), "--dev-num", str(dev_num), "--json", *extra],
+        [sys.executable, "-m", "virtio_msg", "backend", "vhost-user",
+         "--vhost-user", str(vhost_sock), "--socket", str(bus_sock),
+         "--dev-num", str(dev_num), "--json", *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 

@@ -101,13 +101,29 @@ def check_private_dir(directory: Path) -> None:
         )
 
 
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and every missing parent of it with mode 0700.
+
+    (``os.makedirs`` would give the parents the umask's mode, typically 0755.)
+    Raises BusError naming the folder that could not be created.
+    """
+    missing: list[Path] = []
+    current = directory
+    while not os.path.lexists(current) and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            continue  # created meanwhile by someone else: check_private_dir judges it
+        except OSError as exc:
+            raise BusError(f"cannot create socket directory {folder}: {exc.strerror}") from None
+
+
 def _prepare_path(path: Path) -> None:
     directory = path.parent
-    if not directory.exists():
-        try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise BusError(f"cannot create socket directory {directory}: {exc.strerror}") from None
+    make_private_dirs(directory)
     check_private_dir(directory)
     if len(os.fsencode(path)) >= 108:
         raise BusError(f"socket path {path} is too long for a Unix socket (107 bytes at most)")
@@ -366,4 +382,5 @@ __all__ = [
     "check_private_dir",
     "default_socket_path",
     "listen",
+    "make_private_dirs",
 ]

@@ -7,7 +7,7 @@ devices are then REMOVEd). With ``--listen PATH`` it listens instead and serves
 the one bus that connects (``conformance device --connect PATH``).
 ``--capture FILE`` records the connection from the backend's side (with
 ``--kernel``: the kernel's 44-byte buffers). ``virtio-msg
-backend vhost-user --socket PATH ...`` does the same for one device whose
+backend vhost-user --vhost-user PATH ...`` does the same for one device whose
 implementation is a vhost-user back end (qemu-storage-daemon, virtiofsd, DPDK);
 it exits 1 if the back end goes away, or, with ``--reconnect S``, REMOVEs the
 device, reconnects (within S seconds) when the back end is back and ADDs it
@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import logging
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -30,10 +31,10 @@ from typing import Any
 from virtio_msg.bus.client import BackendClient, accept_bus, connect
 from virtio_msg.bus.socket import default_socket_path
 from virtio_msg.cli.capture_args import add_capture_args, close_capture, open_capture
-from virtio_msg.cli.common import Output, sigterm_as_interrupt, stop_on_signals
+from virtio_msg.cli.common import Output, ranged, sigterm_as_interrupt, stop_on_signals
 from virtio_msg.cli.kernel import add_kernel_arguments, cmd_backend_kernel
 from virtio_msg.compose.config import DEFAULT_DEVICES, parse_device_specs
-from virtio_msg.compose.vhost import VhostSpec, parse_int
+from virtio_msg.compose.vhost import VhostSpec
 from virtio_msg.devices.catalog import make_device
 from virtio_msg.errors import VirtioMsgError
 from virtio_msg.vhost import PROFILES
@@ -45,6 +46,14 @@ WAIT_SLICE = 0.5
 RECONNECT_SLICE = 0.2
 """Pause between reconnection attempts to a vhost-user back end, seconds."""
 log = logging.getLogger(__name__)
+VHOST_EPILOG = """\
+subcommand:
+  vhost-user   serve one device from a vhost-user back end (qemu-storage-daemon,
+               virtiofsd, DPDK testpmd) to the bus:
+               virtio-msg backend vhost-user --vhost-user PATH [--type blk|net|fs]
+                   [--dev-num N] [--socket PATH]
+               (virtio-msg backend vhost-user --help for all its options)
+"""
 
 
 def cmd_backend(args: argparse.Namespace) -> int:
@@ -119,7 +128,7 @@ def cmd_backend(args: argparse.Namespace) -> int:
             while not client.wait(0.5):
                 pass
             out.emit(
-                f"bus closed the connection: {client.reason}",
+                f"disconnected: {client.reason}",
                 event="disconnected",
                 reason=client.reason,
             )
@@ -149,9 +158,13 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         "backend",
         help="serve built-in devices to a running bus over its socket, or (--kernel) to "
         "the running kernel's virtio-msg loopback",
-        description="Connect to a bus, map its region, ADD the devices and serve them until "
-        "the bus goes away or you interrupt (devices are then REMOVEd).  With --kernel, the "
-        "bus is the kernel's: /dev/virtio-msg-lb and /dev/virtio-msg-0 (docs/kernel.md).",
+        description=textwrap.fill(
+            "Connect to a bus, map its region, ADD the devices and serve them until the bus "
+            "goes away or you interrupt (devices are then REMOVEd).  With --kernel, the bus is "
+            "the kernel's: /dev/virtio-msg-lb and /dev/virtio-msg-0 (docs/kernel.md).", 78
+        ),
+        epilog=VHOST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--socket",
@@ -233,11 +246,43 @@ def _reopen_vhost(
     return None
 
 
+def _vhost_error(path: Path, exc: Exception) -> str:
+    """``exc`` about the back end at ``path``, naming the path once."""
+    text = str(exc).removeprefix("vhost-user ")
+    return f"vhost-user back end {text if str(path) in text else f'{path}: {text}'}"
+
+
+def _vhost_sockets(args: argparse.Namespace, out: Output) -> bool:
+    """Settle ``--vhost-user``/``--socket``/``--bus`` (deprecated); False after an error."""
+    if args.bus is not None:
+        if args.socket is not None:
+            out.error("--bus is the deprecated name of --socket: give only --socket")
+            return False
+        print(
+            "warning: --bus is deprecated: the bus's socket is --socket PATH, as in "
+            "`virtio-msg backend`",
+            file=sys.stderr, flush=True,
+        )
+        args.socket = args.bus
+    if args.vhost_user is None:
+        hint = (
+            " (--socket names the bus's socket, as in `virtio-msg backend`; it used to name "
+            "the back end here)" if args.socket is not None else ""
+        )
+        out.error(f"give the vhost-user back end's socket with --vhost-user PATH{hint}")
+        return False
+    if args.socket is None:
+        args.socket = default_socket_path()
+    return True
+
+
 def cmd_vhost_user(args: argparse.Namespace) -> int:
     """Serve one vhost-user device to a running bus (see the module docstring)."""
     out = Output(args.json, args.quiet)
+    if not _vhost_sockets(args, out):
+        return 2
     spec = VhostSpec(
-        socket=str(args.socket),
+        socket=str(args.vhost_user),
         type=args.type,
         dev_num=args.dev_num,
         mac=args.mac,
@@ -251,13 +296,13 @@ def cmd_vhost_user(args: argparse.Namespace) -> int:
     try:
         device = _open_vhost(spec, args, stop, gone)
     except (VirtioMsgError, ValueError) as exc:
-        out.error(f"vhost-user {args.socket}: {exc}")
+        out.error(_vhost_error(args.vhost_user, exc))
         return 1
     try:
-        client = connect(args.bus, timeout=args.connect_timeout)
+        client = connect(args.socket, timeout=args.connect_timeout)
     except VirtioMsgError as exc:
         device.close()
-        out.error(f"bus {args.bus}: {exc}")
+        out.error(f"bus {args.socket}: {exc}")
         return 1
     status = 0
     current: VhostUserDevice | None = device
@@ -274,7 +319,7 @@ def cmd_vhost_user(args: argparse.Namespace) -> int:
                 current = _reopen_vhost(spec, args, stop, gone, interrupted)
                 if current is not None:
                     out.emit(
-                        f"vhost-user back end {args.socket} is back: serving device "
+                        f"vhost-user back end {args.vhost_user} is back: serving device "
                         f"{args.dev_num} again", event="reconnected", dev_num=args.dev_num,
                     )
                     status = 0
@@ -300,16 +345,16 @@ def _serve_vhost(
         out.error(f"device {args.dev_num}: {exc}")
         return 1
     out.emit(
-        f"device {args.dev_num} added: {device.name} from {args.socket} "
+        f"device {args.dev_num} added: {device.name} from {args.vhost_user} "
         f"(features {device.offered_features:#x}, {device.num_queues} queues)",
         event="added", dev_num=args.dev_num, type=device.profile.name,
-        socket=str(args.socket), features=device.offered_features,
+        socket=str(args.vhost_user), features=device.offered_features,
         queues=device.num_queues,
     )
     while not stop.is_set() and not interrupted.is_set():
         if client.wait(WAIT_SLICE):
             out.emit(
-                f"bus closed the connection: {client.reason}",
+                f"disconnected: {client.reason}",
                 event="disconnected", reason=client.reason,
             )
             return 0
@@ -336,31 +381,35 @@ def add_vhost_parser(subparsers: Any) -> argparse.ArgumentParser:
         "the back end goes away, or you interrupt (the device is then REMOVEd).",
     )
     p.add_argument(
-        "--socket", type=Path, required=True, metavar="PATH",
-        help="the vhost-user back end's socket",
+        "--vhost-user", type=Path, default=None, metavar="PATH",
+        help="the vhost-user back end's socket (required)",
     )
     p.add_argument(
         "--type", choices=sorted(PROFILES), default=None,
         help="device type (default: inferred from the back end's command line when known)",
     )
     p.add_argument(
-        "--dev-num", type=lambda s: parse_int(s, "device number", 0, 0xFFFF), default=0,
+        "--dev-num", type=ranged("device number", 0, 0xFFFF), default=0,
         metavar="N", help="device number on the bus (default 0)",
     )
     p.add_argument(
-        "--bus", type=Path, default=default_bus, metavar="PATH",
-        help=f"the bus's socket (default {default_bus})",
+        "--socket", type=Path, default=None, metavar="PATH",
+        help=f"the bus's socket, as in `virtio-msg backend` (default {default_bus})",
+    )
+    p.add_argument(
+        "--bus", type=Path, default=None, metavar="PATH",
+        help="deprecated name of --socket (prints a warning)",
     )
     p.add_argument("--mac", default=None, help="net: MAC address (default: random, local)")
     p.add_argument(
         "--tag", default=DEFAULT_FS_TAG, help=f"fs: mount tag (default {DEFAULT_FS_TAG})"
     )
     p.add_argument(
-        "--queues", type=lambda s: parse_int(s, "queue count", 1, 64), default=None, metavar="Q",
+        "--queues", type=ranged("queue count", 1, 64), default=None, metavar="Q",
         help="blk/fs: request queues to expose (default: all the back end has; fs: 1)",
     )
     p.add_argument(
-        "--queue-size", type=lambda s: parse_int(s, "queue size", 1, 32768),
+        "--queue-size", type=ranged("queue size", 1, 32768),
         default=DEFAULT_QUEUE_SIZE, metavar="N",
         help=f"largest ring offered per queue (default {DEFAULT_QUEUE_SIZE})",
     )

@@ -20,7 +20,14 @@ from virtio_msg.bus.capture import BusCapture
 from virtio_msg.bus.loopback import DEFAULT_BASE, DEFAULT_SIZE, DeviceEntry, LoopbackBus
 from virtio_msg.bus.socket import SocketChannel, SocketLimits, SocketServer, default_socket_path
 from virtio_msg.cli.capture_args import add_capture_args, close_capture, open_capture
-from virtio_msg.cli.common import Output, add_wire_args, parse_int, sigterm_as_interrupt
+from virtio_msg.cli.common import (
+    SIZE_FORMS,
+    Output,
+    add_wire_args,
+    parse_int,
+    parse_size,
+    sigterm_as_interrupt,
+)
 from virtio_msg.cli.dt import add_dt_arguments
 from virtio_msg.errors import VirtioMsgError
 from virtio_msg.spec import feature_names
@@ -178,10 +185,10 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--name", default="loopback0", help="bus name (default loopback0)")
     p.add_argument(
         "--size",
-        type=parse_int,
+        type=parse_size,
         default=DEFAULT_SIZE,
         metavar="BYTES",
-        help=f"region size (default {DEFAULT_SIZE:#x})",
+        help=f"region size, {SIZE_FORMS} (default {DEFAULT_SIZE >> 20}M)",
     )
     p.add_argument(
         "--base",
@@ -192,7 +199,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--max-backends",
-        type=int,
+        type=parse_int,
         default=SocketLimits.max_connections,
         metavar="N",
         help=f"backends connected at once (default {SocketLimits.max_connections})",
@@ -203,7 +210,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     add_dt_arguments(p)
     p.add_argument(
         "--instance",
-        type=int,
+        type=parse_int,
         default=0,
         metavar="N",
         help="with --dt: which bus instance of the tree to serve (default 0); the tree's "

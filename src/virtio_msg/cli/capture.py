@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from virtio_msg.capture.frames import CaptureError, decode_frame, read_capture
+from virtio_msg.cli.common import parse_int
 from virtio_msg.errors import MalformedMessage
 
 
@@ -77,14 +78,26 @@ def cmd_wireshark(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     """Register ``trace`` and ``wireshark``."""
-    p = sub.add_parser("trace", help="show a capture as a driver | bus | device sequence")
+    p = sub.add_parser(
+        "trace",
+        help="show a capture as a driver | bus | device sequence",
+        description="Read a pcapng capture written with --capture and print its messages as "
+        "a sequence between driver, bus and device, one line per message, optionally only "
+        "one device's (--dev) or one message kind (--msg).",
+    )
     p.add_argument("file", metavar="FILE", help="a capture written with --capture")
-    p.add_argument("--dev", type=int, metavar="N", help="only messages of device number N")
+    p.add_argument("--dev", type=parse_int, metavar="N", help="only messages of device number N")
     p.add_argument("--msg", metavar="NAME", help="only messages named NAME (e.g. GET_CONFIG)")
     p.add_argument("--json", action="store_true", help="rows and summary as one JSON object")
     p.set_defaults(func=cmd_trace)
 
-    p = sub.add_parser("wireshark", help="the Wireshark dissector: print its path or install it")
+    p = sub.add_parser(
+        "wireshark",
+        help="the Wireshark dissector: print its path or install it",
+        description="The shipped Lua dissector for captures: `path` prints where it is (for "
+        "tshark -X lua_script:PATH), `install` copies it into Wireshark's personal plugin "
+        "folder (or --dir DIR).",
+    )
     p.add_argument("action", choices=["path", "install"])
     p.add_argument("--dir", metavar="DIR", help="install into DIR instead of the plugin folder")
     p.set_defaults(func=cmd_wireshark)

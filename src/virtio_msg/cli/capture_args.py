@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from virtio_msg.bus.capture import DEFAULT_FILES, DEFAULT_MAX_BYTES, CaptureLimits, CaptureWriter
+from virtio_msg.cli.common import parse_int
 from virtio_msg.errors import ConfigError
 
 
@@ -32,7 +33,7 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--capture-files",
-        type=int,
+        type=parse_int,
         default=DEFAULT_FILES,
         metavar="N",
         help=f"ring of N files (FILE, FILE.1, ...); 1 = stop recording at the size limit "

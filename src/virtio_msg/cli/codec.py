@@ -98,7 +98,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     """Register ``decode`` and ``encode``."""
-    p = sub.add_parser("decode", help="decode raw messages (hex) to JSON lines")
+    p = sub.add_parser(
+        "decode",
+        help="decode raw messages (hex) to JSON lines",
+        description="Decode virtio-msg messages given as hex (arguments, or - for one per "
+        "line of stdin), or every frame of a capture (--pcap), to one JSON object per "
+        "message with every field.  Decoding is strict: a bad message is one error line on "
+        "stderr naming what was wrong, the rest are still decoded, and the exit status is 1.",
+    )
     add_codec_args(p)
     p.add_argument("hex", nargs="*", metavar="HEX", help="hex message(s), or - to read stdin")
     p.add_argument(
@@ -116,7 +123,13 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("encode", help="encode JSON lines from stdin to hex")
+    p = sub.add_parser(
+        "encode",
+        help="encode JSON lines from stdin to hex",
+        description="Read JSON objects, one per line of stdin, in the form decode prints, "
+        "and print each message as hex (round-trips with decode).  A line that does not "
+        "encode is one error line on stderr with its line number; exit status 1.",
+    )
     add_codec_args(p)
     p.set_defaults(func=cmd_encode)
 

@@ -3,7 +3,8 @@
 Wire options (``--profile``, ``--max-size``, ``--timeout-ms``) in their two
 forms (a fixed default, or overriding a device tree), the ``--json`` line
 output every long-running command uses, signal handling that lets cleanup
-run, and integer parsing with base prefixes.  No command lives here.
+run, and argument parsing whose errors name the bad value and the accepted
+forms: integers with base prefixes, byte sizes with K/M/G suffixes.  No command lives here.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from virtio_msg.wire import Profile
+
+T = TypeVar("T")
 
 PROFILE_HELP = "wire profile: newest draft (spec, default) or the seed kernel (linux-rfc1)"
 MAX_SIZE_HELP = (
@@ -34,7 +37,7 @@ def add_codec_args(p: argparse.ArgumentParser) -> None:
         default=Profile.SPEC.value,
         help=PROFILE_HELP,
     )
-    p.add_argument("--max-size", type=int, default=None, metavar="N", help=MAX_SIZE_HELP)
+    p.add_argument("--max-size", type=parse_int, default=None, metavar="N", help=MAX_SIZE_HELP)
 
 
 def add_wire_args(p: argparse.ArgumentParser) -> None:
@@ -42,7 +45,7 @@ def add_wire_args(p: argparse.ArgumentParser) -> None:
     add_codec_args(p)
     p.add_argument(
         "--timeout-ms",
-        type=int,
+        type=parse_int,
         default=5000,
         metavar="MS",
         help="per-request timeout in milliseconds (default 5000)",
@@ -62,7 +65,7 @@ def add_bus_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-size",
-        type=int,
+        type=parse_int,
         default=None,
         metavar="N",
         help="maximum message size, overriding the device tree's "
@@ -70,16 +73,92 @@ def add_bus_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--timeout-ms",
-        type=int,
+        type=parse_int,
         default=None,
         metavar="MS",
         help="per-request timeout in milliseconds, overriding the device tree's (default 5000)",
     )
 
 
+INT_FORMS = "a whole number: decimal (42) or with a base prefix (0x2a, 0o52, 0b101010)"
+SIZE_FORMS = (
+    "a byte count: decimal (4096), hex (0x1000), or with a K, M or G suffix "
+    "(binary: 64K = 65536, 4M, 1G; KiB/MiB/GiB too)"
+)
+_SIZE_SUFFIXES = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "k": 1 << 10,
+                  "m": 1 << 20, "g": 1 << 30}
+
+
 def parse_int(text: str) -> int:
-    """An integer with an optional base prefix (``0x100``, ``0o7``, ``42``)."""
-    return int(text, 0)
+    """An integer with an optional base prefix (``0x100``, ``0o7``, ``42``).
+
+    Raises :class:`argparse.ArgumentTypeError` (so argparse prints it as is)
+    naming the bad value and the accepted forms.
+    """
+    try:
+        return int(text.strip(), 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {INT_FORMS}") from None
+
+
+def parse_size(text: str) -> int:
+    """A byte count: :func:`parse_int`'s forms, or decimal with a K/M/G suffix (x 1024^n).
+
+    ``16M``, ``16MiB``, ``0x1000000`` and ``16777216`` are the same size.
+    Raises :class:`argparse.ArgumentTypeError` naming the bad value and the
+    accepted forms.
+    """
+    stripped = text.strip()
+    lowered = stripped.lower()
+    for suffix, scale in _SIZE_SUFFIXES.items():
+        number = stripped[: -len(suffix)].strip()
+        if lowered.endswith(suffix) and number.isdecimal():
+            return int(number) * scale
+    with contextlib.suppress(ValueError):
+        value = int(stripped, 0)
+        if value >= 0:
+            return value
+    raise argparse.ArgumentTypeError(f"{text!r} is not {SIZE_FORMS}")
+
+
+def ranged(what: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: :func:`parse_int` in ``low..high``, errors naming ``what``."""
+
+    def parse(text: str) -> int:
+        value = parse_int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} {value} is outside {low}..{high}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """Wrap a parser so that its ValueError reaches the user as its own message.
+
+    argparse prints only ``invalid <function name> value`` for a plain
+    ValueError; an :class:`argparse.ArgumentTypeError` is printed as is.
+    """
+
+    def wrapped(text: str) -> T:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError:
+            raise
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    wrapped.__name__ = parse.__name__
+    return wrapped
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError as one line that names the file it was about, without ``[Errno N]``."""
+    text = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {text}"
+    return text
 
 
 class Output:
@@ -143,7 +222,11 @@ __all__ = [
     "add_bus_args",
     "add_codec_args",
     "add_wire_args",
+    "argument_type",
+    "describe_os_error",
     "parse_int",
+    "parse_size",
+    "ranged",
     "sigterm_as_interrupt",
     "stop_on_signals",
 ]

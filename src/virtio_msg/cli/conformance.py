@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from virtio_msg.bus.kernel import DEFAULT_LB_PATH, DEFAULT_SYSFS_DIR, DeviceFiles, KernelFiles
-from virtio_msg.cli.common import add_codec_args, parse_int
+from virtio_msg.cli.common import add_codec_args, parse_int, parse_size
 from virtio_msg.cli.kernel import reader_wakeup
 from virtio_msg.conformance.broken import DEFECTS, BrokenBackend
 from virtio_msg.conformance.broken_drivers import DRIVER_DEFECTS
@@ -79,14 +79,14 @@ def add_parser(sub: Any) -> None:
     add_codec_args(p)
     p.add_argument("--strict", action="store_true",
                    help="advertise VIRTIO_MSG_F_STRICT_CONFIG_GENERATION (strict profile)")
-    p.add_argument("--timeout-ms", type=int, default=1000, metavar="MS",
+    p.add_argument("--timeout-ms", type=parse_int, default=1000, metavar="MS",
                    help="wait for each response (default 1000)")
-    p.add_argument("--silence-ms", type=int, default=150, metavar="MS",
+    p.add_argument("--silence-ms", type=parse_int, default=150, metavar="MS",
                    help="how long 'no reply' must last (default 150)")
-    p.add_argument("--wait-ms", type=int, default=30000, metavar="MS",
+    p.add_argument("--wait-ms", type=parse_int, default=30000, metavar="MS",
                    help="with --socket or --connect: wait for the backend and its first ADD "
                    "(default 30000)")
-    p.add_argument("--settle-ms", type=int, default=500, metavar="MS",
+    p.add_argument("--settle-ms", type=parse_int, default=500, metavar="MS",
                    help="with --socket: no ADD for this long ends discovery (default 500)")
     p.add_argument("-k", dest="pattern", metavar="PATTERN",
                    help="run only scenarios whose name or checklist id contains PATTERN "
@@ -114,12 +114,12 @@ def add_parser(sub: Any) -> None:
                         f"({', '.join(DRIVER_DEFECTS)})")
     d.add_argument("--types", default="rng,blk,console,i2c", metavar="TYPES",
                    help="device models to serve (default rng,blk,console,i2c)")
-    d.add_argument("--first", type=int, default=0, metavar="N",
+    d.add_argument("--first", type=parse_int, default=0, metavar="N",
                    help="with --socket or --kernel: first device number to use (default 0)")
     add_codec_args(d)
     d.add_argument("--strict", action="store_true",
                    help="in process: the bus selects the strict configuration profile")
-    d.add_argument("--settle-ms", type=int, default=1000, metavar="MS",
+    d.add_argument("--settle-ms", type=parse_int, default=1000, metavar="MS",
                    help="with --socket or --kernel: quiet time that ends the driver's exercise "
                    "(default 1000)")
     k = d.add_argument_group("kernel channel (--kernel)")
@@ -131,7 +131,7 @@ def add_parser(sub: Any) -> None:
                    help=f"the live device tree the region is read from (default {LIVE_TREE})")
     k.add_argument("--base", type=parse_int, default=None, metavar="ADDR",
                    help="the region's bus address (default: from the device tree)")
-    k.add_argument("--size", type=parse_int, default=None, metavar="N",
+    k.add_argument("--size", type=parse_size, default=None, metavar="N",
                    help="the region's size (default: what the device maps)")
     k.add_argument("--op-timeout", type=float, default=60.0, metavar="S",
                    help="bound on each ADD and REMOVE (default 60 s)")

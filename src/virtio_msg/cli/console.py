@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from virtio_msg.cli.common import parse_int
 from virtio_msg.compose.console import run_console, run_console_listening
 from virtio_msg.devices.console import ByteStream, EchoStream
 from virtio_msg.streams import make_stream
@@ -35,16 +36,16 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--profile", choices=[x.value for x in Profile], default=Profile.SPEC.value,
         help="wire profile (default spec)",
     )
-    p.add_argument("--max-size", type=int, default=None, metavar="N",
+    p.add_argument("--max-size", type=parse_int, default=None, metavar="N",
                    help="maximum message size (default: the profile's)")
-    p.add_argument("--timeout-ms", type=int, default=5000, metavar="MS",
+    p.add_argument("--timeout-ms", type=parse_int, default=5000, metavar="MS",
                    help="bound on every wait, in milliseconds (default 5000)")
     backend = p.add_mutually_exclusive_group()
     backend.add_argument("--echo", action="store_true",
                          help="the device side echoes every byte (default)")
     backend.add_argument("--exec", metavar="COMMAND", dest="exec_cmd",
                          help="the device side is a program: its stdout is what you see")
-    backend.add_argument("--tcp", metavar="PORT", type=int,
+    backend.add_argument("--tcp", metavar="PORT", type=parse_int,
                          help="the device side connects to 127.0.0.1:PORT")
     backend.add_argument("--pty", action="store_true",
                          help="the device side is a pseudo-terminal (its path is printed)")
@@ -53,13 +54,15 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="no device here: serve the bus on this Unix socket and use the first console "
         "a backend adds (e.g. `virtio-msg backend --socket PATH console`)",
     )
-    p.add_argument("--wait-ms", type=int, default=60000, metavar="MS",
+    p.add_argument("--wait-ms", type=parse_int, default=60000, metavar="MS",
                    help="with --listen: how long to wait for a console (default 60000)")
     p.set_defaults(func=cmd_console)
 
 
 def _stream_from_args(args: argparse.Namespace) -> ByteStream:
-    if args.exec_cmd:
+    if args.exec_cmd is not None:
+        if not args.exec_cmd.strip():
+            raise ValueError("--exec needs a command line, e.g. --exec 'cat -n'")
         return make_stream(f"exec:{args.exec_cmd}")
     if args.tcp is not None:
         return make_stream(f"tcp:{args.tcp}")
@@ -74,14 +77,16 @@ def cmd_console(args: argparse.Namespace) -> int:
     if args.listen:
         return run_console_listening(
             sys.stdin.buffer, sys.stdout.buffer, Path(args.listen), params=params,
-            wait_ms=args.wait_ms,
+            wait_ms=args.wait_ms, announce=True,
         )
     try:
         stream = _stream_from_args(args)
     except OSError as exc:
         print(f"error: cannot open the device-side stream: {exc}", file=sys.stderr)
         return 1
-    return run_console(sys.stdin.buffer, sys.stdout.buffer, stream=stream, params=params)
+    return run_console(
+        sys.stdin.buffer, sys.stdout.buffer, stream=stream, params=params, announce=True
+    )
 
 
 __all__ = ["add_parser", "cmd_console"]

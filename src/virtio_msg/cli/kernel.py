@@ -30,7 +30,7 @@ from virtio_msg.bus.kernel import (
     KernelFiles,
 )
 from virtio_msg.cli.capture_args import close_capture, open_capture
-from virtio_msg.cli.common import Output, parse_int, stop_on_signals
+from virtio_msg.cli.common import Output, parse_int, parse_size, stop_on_signals
 from virtio_msg.compose.config import DEFAULT_DEVICES, parse_device_specs
 from virtio_msg.devices.catalog import make_device
 from virtio_msg.dt.live import LIVE_TREE, kernel_region
@@ -241,10 +241,11 @@ def add_kernel_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--size",
-        type=parse_int,
+        type=parse_size,
         default=None,
         metavar="N",
-        help="the region's size; must match what the device maps (default: the device's)",
+        help="the region's size (4M, 0x400000, ...); must match what the device maps "
+        "(default: the device's)",
     )
     g.add_argument(
         "--device",

@@ -12,7 +12,24 @@ import json
 import sys
 from typing import Any
 
-from virtio_msg.cli.common import add_codec_args
+from virtio_msg.cli.common import (
+    SIZE_FORMS,
+    add_codec_args,
+    describe_os_error,
+    parse_int,
+    parse_size,
+)
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """The last line of ``nbd``: clients served and commands by kind, for people."""
+    def counts(facts: dict[str, int]) -> str:
+        return ", ".join(f"{n} {kind}" for kind, n in sorted(facts.items())) or "none"
+
+    line = f"served {report['clients']} client(s); commands: {counts(report['commands'])}"
+    if report.get("rejected"):
+        line += f"; refused: {counts(report['rejected'])}"
+    return line
 
 
 def cmd_nbd(args: argparse.Namespace) -> int:
@@ -37,39 +54,48 @@ def cmd_nbd(args: argparse.Namespace) -> int:
             ready=ready,
         )
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"served {report['clients']} client(s): {report['commands']}")
+        print(summary_line(report))
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     """Register ``nbd``."""
     p = sub.add_parser(
-        "nbd", help="export a virtio-blk disk through virtio-msg over NBD (Unix socket)"
+        "nbd",
+        help="export a virtio-blk disk through virtio-msg over NBD (Unix socket)",
+        description="Serve a raw image as a virtio-blk device on a loopback bus and export "
+        "the driver's disk as an NBD server on a Unix socket, for qemu-img, qemu-io and "
+        "nbdinfo (nbd+unix:///virtio-blk?socket=PATH).  Ends after --clients N clients or "
+        "at Ctrl-C, printing what the clients did.",
     )
     add_codec_args(p)
     p.add_argument("socket", metavar="PATH", help="Unix socket to listen on (created mode 0600)")
     p.add_argument("--image", metavar="FILE", help="raw image file (default: a temporary image)")
     p.add_argument(
         "--size",
-        type=int,
+        type=parse_size,
         metavar="BYTES",
-        help="create the image at this size if it is missing (temporary: 16 MiB)",
+        help=f"create the image at this size if it is missing, {SIZE_FORMS} "
+        "(temporary image: 16M)",
     )
     p.add_argument("--read-only", action="store_true", help="offer VIRTIO_BLK_F_RO; NBD READ_ONLY")
     p.add_argument("--name", default="virtio-blk", help="export name (the empty name works too)")
     p.add_argument(
         "--clients",
-        type=int,
+        type=parse_int,
         default=None,
         metavar="N",
         help="stop after N clients (default: serve until Ctrl-C)",
     )
-    p.add_argument("--timeout-ms", type=int, default=5000, metavar="MS")
+    p.add_argument(
+        "--timeout-ms", type=parse_int, default=5000, metavar="MS",
+        help="per-request timeout in milliseconds (default 5000)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_nbd)
 

@@ -30,6 +30,13 @@ from virtio_msg.transport.params import BusParams
 
 READ_SLICE: Final = 0.25
 """Seconds per wait of the output thread, so it notices a stop request."""
+HOW_TO_END: Final = "type and press Enter; Ctrl-D ends the input, Ctrl-C quits"
+"""The second half of the start line (``announce``)."""
+
+
+def _announce(errors: BinaryIO, side: str) -> None:
+    errors.write(f"console ready, device side {side}: {HOW_TO_END}\n".encode())
+    errors.flush()
 
 
 def _read_some(stdin: BinaryIO) -> bytes:
@@ -47,11 +54,13 @@ def run_console(
     stream: ByteStream | None = None,
     params: BusParams | None = None,
     stderr: BinaryIO | None = None,
+    announce: bool = False,
 ) -> int:
     """Join ``stdin``/``stdout`` to a console port whose device side is ``stream``.
 
     Returns 0 when the device side ended the stream after end of input, 1 on
-    an error or if it did not within the timeout.
+    an error or if it did not within the timeout.  With ``announce``, one line
+    on ``stderr`` says that the console is ready and how to end it.
     """
     params = params or BusParams()
     errors = stderr if stderr is not None else sys.stderr.buffer
@@ -72,6 +81,8 @@ def run_console(
         if path:
             errors.write(f"device side: {stream.describe()} (attach to {path})\n".encode())
             errors.flush()
+        if announce:
+            _announce(errors, stream.describe())
         return _pump(port, stdin, stdout, errors, limit)
     except VirtioMsgError as exc:
         errors.write(f"error: {exc}\n".encode())
@@ -89,6 +100,7 @@ def run_console_listening(
     params: BusParams | None = None,
     wait_ms: int = 60000,
     stderr: BinaryIO | None = None,
+    announce: bool = False,
 ) -> int:
     """Like :func:`run_console`, with the device side in another process.
 
@@ -117,7 +129,10 @@ def run_console_listening(
         if not ready.wait(wait_ms / 1000):
             errors.write(f"error: no console device added within {wait_ms} ms\n".encode())
             return 1
-        return _pump(found[0].console(limit), stdin, stdout, errors, limit)
+        port = found[0].console(limit)
+        if announce:
+            _announce(errors, f"from the backend at {server.path}")
+        return _pump(port, stdin, stdout, errors, limit)
     except VirtioMsgError as exc:
         errors.write(f"error: {exc}\n".encode())
         return 1

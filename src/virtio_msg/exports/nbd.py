@@ -186,6 +186,13 @@ class NbdServer:
             sock.bind(self.path)
             os.chmod(self.path, 0o600)  # before listen(): nobody can connect yet
             sock.listen(4)
+        except OSError as exc:
+            sock.close()
+            why = exc.strerror or str(exc)
+            directory = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(directory):
+                why += f" (the directory {directory} does not exist)"
+            raise OSError(exc.errno, f"cannot listen on {self.path}: {why}") from None
         except BaseException:
             sock.close()
             raise
