@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import subprocess
 from pathlib import Path
 
 import fdt  # type: ignore[import-untyped]
@@ -125,6 +126,27 @@ def test_overlays_are_refused_with_the_fix(tmp_path: Path) -> None:
     message = read_errors(overlay)
     assert "error: /__fixups__: this is a device tree overlay" in message
     assert "fdtoverlay" in message
+
+
+@pytest.mark.parametrize("suffix", ["dts", "dtb"])
+def test_path_reference_overlays_are_refused_as_overlays_too(tmp_path: Path, suffix: str) -> None:
+    # No label references, so dtc writes no /__fixups__: only the fragment shows it.
+    need_dtc()
+    overlay = tmp_path / "overlay.dts"
+    overlay.write_text(
+        '/dts-v1/;\n/plugin/;\n&{/} {\n\tlb {\n\t\tcompatible = "virtio,msg-loopback";\n'
+        "\t};\n};\n",
+        encoding="utf-8",
+    )
+    if suffix == "dtb":
+        compiled = tmp_path / "overlay.dtbo"
+        subprocess.run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(compiled), str(overlay)],
+                       check=True, capture_output=True, timeout=60)
+        overlay = compiled
+    message = read_errors(overlay)
+    assert "error: /fragment@0/__overlay__: this is a device tree overlay" in message
+    assert "fdtoverlay -i base.dtb" in message
+    assert "no enabled" not in message
 
 
 def test_dtc_warnings_are_kept_as_warnings(write_dts: WriteDts) -> None:

@@ -58,6 +58,7 @@ __all__ = [
     "default_tree_path",
     "load_default",
     "load_tree",
+    "overlay_marker",
 ]
 
 _STANDARD_PROPERTIES: Final = frozenset(
@@ -110,6 +111,26 @@ def load_tree(path: str | Path, *, legacy_pool_name: str | None = None) -> list[
     return configs
 
 
+OVERLAY_NODES = ("/__fixups__", "/__local_fixups__")
+"""Root nodes only an overlay has: references to resolve against the base tree."""
+
+
+def overlay_marker(tree: DtTree) -> str | None:
+    """The path that shows ``tree`` is an overlay, or None for a whole tree.
+
+    An overlay that references labels has ``/__fixups__``; one that only
+    uses path references (``&{/path}``) or targets has none, but every overlay
+    has ``fragment`` nodes with an ``__overlay__`` child.
+    """
+    for path in OVERLAY_NODES:
+        if tree.node(path) is not None:
+            return path
+    for node in tree.walk():
+        if node.path.endswith("/__overlay__"):
+            return node.path
+    return None
+
+
 def analyze(
     tree: DtTree, *, legacy_pool_name: str | None = None
 ) -> tuple[list[LoopbackConfig], list[Problem]]:
@@ -119,11 +140,13 @@ def analyze(
     an error) and every problem found, in tree order.
     """
     problems: list[Problem] = []
-    if tree.node("/__fixups__") is not None:
+    marker = overlay_marker(tree)
+    if marker is not None:
         problems.append(
             Problem(
-                "/__fixups__",
-                "this is a device tree overlay: its phandles are resolved only when applied",
+                marker,
+                "this is a device tree overlay (/plugin/), not a whole tree: its nodes and "
+                "phandles take effect only when it is applied",
                 "apply it to the base tree first: fdtoverlay -i base.dtb -o full.dtb overlay.dtbo",
             )
         )
