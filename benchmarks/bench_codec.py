@@ -2,6 +2,10 @@
 
 Run: ``python benchmarks/bench_codec.py [--profile spec|linux-rfc1] [--seconds S]``
 
+It says up front how many measurements it makes and about how long they take,
+and shows a rich progress bar with the time left on stderr (when stderr is a
+terminal, or with ``--progress``).
+
 For each message the codec's ``encode`` + ``decode`` is timed, and so is a bare
 ``struct.Struct.pack`` + ``unpack_from`` of the same bytes (header and fixed
 payload in one precompiled layout, variable tail sliced) in the same run.  The
@@ -12,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import struct
+import sys
 import timeit
 from typing import Any
 
 from figures import emit, figure
+from virtio_msg.testing import progress
 from virtio_msg.wire import Codec, Message
 from virtio_msg.wire import rfc1 as R
 from virtio_msg.wire import spec as S
@@ -76,6 +82,10 @@ def bare_pair(codec: Codec, msg: Message) -> tuple[Any, Any]:
     return pack, unpack
 
 
+AUTORANGE_SECONDS = 0.3
+"""About what ``timeit.Timer.autorange`` takes before the timed repeats (for the estimate)."""
+
+
 def measure(fn: Any, seconds: float) -> float:
     """Seconds per call, best of 5 repeats of a loop sized to ``seconds``."""
     timer = timeit.Timer(fn)
@@ -89,26 +99,48 @@ def main() -> None:
     parser.add_argument("--profile", choices=["spec", "linux-rfc1"], default="spec")
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--json", action="store_true", help="one JSON object per figure")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="show the progress bar on stderr (default: when stderr is a terminal)",
+    )
     args = parser.parse_args()
     codec = Codec(args.profile)
     samples = SPEC_SAMPLES if args.profile == "spec" else RFC1_SAMPLES
     figures = []
-    ratios = []
-    for msg in samples:
-        raw = codec.encode(msg)
-        pack, unpack = bare_pair(codec, msg)
-        codec_t = measure(lambda m=msg, r=raw: (codec.encode(m), codec.decode(r)), args.seconds)
-        bare_t = measure(lambda p=pack, u=unpack: (p(), u()), args.seconds)
-        ratio = codec_t / bare_t
-        ratios.append(ratio)
-        name = codec.layout_for(msg).name + (" resp" if codec.layout_for(msg).response else "")
-        figures.append(figure(f"codec {args.profile}: {name}", codec_t * 1e9, "ns",
-                              bare_t * 1e9, ratio, "<= 3.0"))
+    ratios: list[float] = []
+    steps = 2 * len(samples)  # the codec and the bare baseline for each message
+    # autorange, then 5 repeats of at least its 0.2 s each (see measure)
+    estimate = steps * (AUTORANGE_SECONDS + max(1.0, args.seconds))
+    print(f"bench_codec: {steps} measurements ({len(samples)} messages, codec and bare), "
+          f"about {estimate:.0f} s on an idle machine", file=sys.stderr, flush=True)
+    with progress(args.progress) as bar:
+        task = bar.add_task("measuring", total=steps, note="")
+        for msg in samples:
+            name = codec.layout_for(msg).name + (" resp" if codec.layout_for(msg).response else "")
+            figures.append(_one(codec, msg, name, args.seconds, ratios, bar, task))
     ratios.sort()
     if not args.json:
         print(f"profile {args.profile}: encode+decode vs bare struct pack+unpack (ns per "
               f"message); median ratio {ratios[len(ratios) // 2]:.2f}, worst {ratios[-1]:.2f}")
     emit(figures, args.json)
+
+
+def _one(
+    codec: Codec, msg: Message, name: str, seconds: float, ratios: list[float],
+    bar: Any, task: Any,
+) -> dict[str, Any]:
+    """Time ``msg`` through the codec and its bare baseline; advance ``bar`` twice."""
+    raw = codec.encode(msg)
+    pack, unpack = bare_pair(codec, msg)
+    bar.update(task, note=f"{name}: codec")
+    codec_t = measure(lambda m=msg, r=raw: (codec.encode(m), codec.decode(r)), seconds)
+    bar.update(task, advance=1, note=f"{name}: bare struct")
+    bare_t = measure(lambda p=pack, u=unpack: (p(), u()), seconds)
+    bar.update(task, advance=1, note="")
+    ratio = codec_t / bare_t
+    ratios.append(ratio)
+    return figure(f"codec {codec.profile.value}: {name}", codec_t * 1e9, "ns",
+                  bare_t * 1e9, ratio, "<= 3.0")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from virtio_msg.bus import Backend, InProcessChannel, LoopbackBus, loopback_pair
 from virtio_msg.memory import DmaPool, Region
@@ -196,7 +203,8 @@ def progress(enabled: bool | None = None) -> Progress:
     show = sys.stderr.isatty() if enabled is None else enabled
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
         console=Console(stderr=True), disable=not show,
     )
 
