@@ -35,7 +35,7 @@ def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     ("argv", "expected"),
     [
         (["bus", "--size", "12q"], "'12q' is not a byte count"),
-        (["nbd", "x.sock", "--size", "1.5M"], "'1.5M' is not a byte count"),
+        (["nbd", "x.sock", "--image-size", "1.5M"], "'1.5M' is not a byte count"),
         (["bus", "--timeout-ms", "soon"], "'soon' is not a whole number"),
         (["nbd", "x.sock", "--clients", "two"], "'two' is not a whole number"),
         (["run", "--vhost-user", "socket=/x,type=zz"], "vhost-user type 'zz' unknown (blk, fs,"),
@@ -56,7 +56,7 @@ def test_sizes_take_the_same_forms_in_bus_nbd_and_backend() -> None:
     forms = ["16M", "16MiB", "16384K", "0x1000000", "16777216"]
     for form in forms:
         assert parser.parse_args(["bus", "--size", form]).size == 16 << 20
-        assert parser.parse_args(["nbd", "x.sock", "--size", form]).size == 16 << 20
+        assert parser.parse_args(["nbd", "x.sock", "--image-size", form]).image_size == 16 << 20
         assert parser.parse_args(["backend", "--kernel", "--size", form]).size == 16 << 20
     assert parse_size("1G") == 1 << 30 and parse_size("0x10") == 16
     assert parser.parse_args(["bus", "--max-size", "0x100"]).max_size == 256
@@ -164,3 +164,63 @@ def test_run_table_folds_a_long_error_instead_of_cutting_it(
         line.split("│")[4].strip() for line in out.splitlines() if line.count("│") == 5
     )
     assert error.replace(" ", "") in cells.replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "dest", "value", "new"),
+    [
+        (["nbd", "x.sock", "--size", "1M"], "image_size", 1 << 20, "--image-size"),
+        (["nbd", "x.sock", "--name", "disk"], "export_name", "disk", "--export-name"),
+        (["guest", "--kernel", "/boot/Image"], "kernel_image", Path("/boot/Image"),
+         "--kernel-image"),
+        (["backend", "--kernel", "--msg", "/dev/m0"], "msg_dev", "/dev/m0", "--msg-dev"),
+    ],
+)
+def test_renamed_flags_keep_their_old_names_with_a_warning(
+    argv: list[str], dest: str, value: object, new: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser().parse_args(argv)
+    assert getattr(args, dest) == value
+    err = capsys.readouterr().err
+    assert "is deprecated in `virtio-msg " in err and f"use {new}" in err, err
+
+
+def _flag_actions() -> dict[str, list[tuple[str, argparse.Action]]]:
+    from virtio_msg.cli.backend import add_vhost_parser
+    from virtio_msg.cli.common import DeprecatedAlias
+
+    vhost = argparse.ArgumentParser()
+    add_vhost_parser(vhost.add_subparsers())
+    flags: dict[str, list[tuple[str, argparse.Action]]] = {}
+    for name, parser in _parsers(build_parser(), "virtio-msg") + _parsers(vhost, "backend")[1:]:
+        for action in parser._actions:
+            if isinstance(action, DeprecatedAlias) or "deprecated" in (action.help or ""):
+                continue
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    flags.setdefault(flag, []).append((name, action))
+    return flags
+
+
+def test_each_flag_name_means_one_thing_in_every_command() -> None:
+    flags = _flag_actions()
+    for flag, uses in flags.items():
+        takes_value = {name: action.nargs != 0 for name, action in uses}
+        assert len(set(takes_value.values())) == 1, (flag, takes_value)  # e.g. --kernel
+    assert all("bus" in (a.help or "") for _, a in flags["--socket"]), flags["--socket"]
+    assert all("region" in (a.help or "") for _, a in flags["--size"]), flags["--size"]
+    assert [n for n, _ in flags["--name"]] == ["virtio-msg bus"]
+    assert [n for n, _ in flags["--msg"]] == ["virtio-msg trace"]
+    assert all(a.nargs == 0 for _, a in flags["--kernel"])
+
+
+def test_run_socket_takes_an_optional_path_for_the_bus_socket(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["run", "--socket"]).socket is True
+    assert parser.parse_args(["run", "--socket", "/b.sock", "--json"]).socket == "/b.sock"
+    assert parser.parse_args(["run"]).socket is False
+    two = Path(__file__).resolve().parent.parent / "docs" / "examples" / "two-buses.dts"
+    assert main(["run", "--socket", str(tmp_path / "b.sock"), "--dt", str(two)]) == 2
+    assert "--socket PATH names one bus's socket" in capsys.readouterr().err

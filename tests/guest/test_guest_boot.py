@@ -40,7 +40,7 @@ def test_stock_kernel_boots_and_fails_with_no_virtio_msg_lb(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     status, report = _run(
-        capsys, "--kernel", str(STOCK), "--timeout", "240", "--keep", str(tmp_path)
+        capsys, "--kernel-image", str(STOCK), "--timeout", "240", "--keep", str(tmp_path)
     )
     assert status == 1 and report["ok"] is False
     checks = {c["name"]: c for c in report["checks"]}  # type: ignore[attr-defined]
@@ -61,7 +61,8 @@ def test_stock_kernel_boots_and_fails_with_no_virtio_msg_lb(
     reason="VIRTIO_MSG_KERNEL does not name a kernel image with the RFC series",
 )
 def test_kernel_with_the_series_passes_every_check(capsys: pytest.CaptureFixture[str]) -> None:
-    status, report = _run(capsys, "--kernel", os.environ["VIRTIO_MSG_KERNEL"], "--timeout", "600")
+    kernel = os.environ["VIRTIO_MSG_KERNEL"]
+    status, report = _run(capsys, "--kernel-image", kernel, "--timeout", "600")
     assert report["ok"] is True, report
     assert status == 0
     names = [c["name"] for c in report["checks"]]  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ console starts with one line saying how to end it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -52,6 +53,19 @@ def test_console_listen_creates_its_parents_0700_too(pdir: Path) -> None:
     )
     assert proc.returncode == 1 and "no console device added" in proc.stderr
     assert stat.S_IMODE((pdir / "x").stat().st_mode) == 0o700
+
+
+def test_run_socket_path_puts_the_bus_socket_there(pdir: Path) -> None:
+    sock = pdir / "runs" / "bus.sock"
+    proc = subprocess.run(
+        [sys.executable, "-m", "virtio_msg", "run", "--socket", str(sock), "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["buses"][0]["channel"]["socket"] == str(sock)
+    assert stat.S_IMODE((pdir / "runs").stat().st_mode) == 0o700
+    assert not sock.exists()  # removed with the bus
 
 
 def test_backend_says_once_that_the_bus_closed_the_connection() -> None:

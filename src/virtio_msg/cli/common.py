@@ -134,6 +134,40 @@ def ranged(what: str, low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+class DeprecatedAlias(argparse.Action):
+    """An old flag name kept for a while: prints a warning, then sets the new flag's value."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, replacement: str,
+                 **kwargs: Any) -> None:
+        """``replacement`` is the flag to use instead (named in the warning)."""
+        super().__init__(option_strings, dest, **kwargs)
+        self.replacement = replacement
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+        values: Any, option_string: str | None = None,
+    ) -> None:
+        """Warn on stderr and store ``values`` where the new flag would."""
+        print(
+            f"warning: {option_string} is deprecated in `{parser.prog}`: use "
+            f"{self.replacement}", file=sys.stderr, flush=True,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, new: argparse.Action,
+) -> None:
+    """Declare ``old`` as a deprecated name of the already declared flag ``new``."""
+    replacement = new.option_strings[0]
+    extra: dict[str, Any] = {} if new.type is None else {"type": new.type}
+    parser.add_argument(
+        old, dest=new.dest, metavar=new.metavar, action=DeprecatedAlias,
+        replacement=replacement, default=argparse.SUPPRESS,
+        help=f"deprecated name of {replacement} (prints a warning)", **extra,
+    )
+
+
 def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
     """Wrap a parser so that its ValueError reaches the user as its own message.
 
@@ -218,9 +252,11 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 __all__ = [
+    "DeprecatedAlias",
     "Output",
     "add_bus_args",
     "add_codec_args",
+    "add_deprecated_alias",
     "add_wire_args",
     "argument_type",
     "describe_os_error",

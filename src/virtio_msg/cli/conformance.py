@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from virtio_msg.bus.kernel import DEFAULT_LB_PATH, DEFAULT_SYSFS_DIR, DeviceFiles, KernelFiles
-from virtio_msg.cli.common import add_codec_args, parse_int, parse_size
+from virtio_msg.cli.common import add_codec_args, add_deprecated_alias, parse_int, parse_size
 from virtio_msg.cli.kernel import reader_wakeup
 from virtio_msg.conformance.broken import DEFECTS, BrokenBackend
 from virtio_msg.conformance.broken_drivers import DRIVER_DEFECTS
@@ -126,7 +126,9 @@ def add_parser(sub: Any) -> None:
     k.add_argument("--dev-dir", default=str(Path(DEFAULT_LB_PATH).parent), metavar="DIR",
                    help="where the device files are (default /dev)")
     k.add_argument("--lb", default=None, metavar="PATH", help="default DIR/virtio-msg-lb")
-    k.add_argument("--msg", default=None, metavar="PATH", help="default DIR/virtio-msg-0")
+    msg_dev = k.add_argument("--msg-dev", default=None, metavar="PATH",
+                             help="default DIR/virtio-msg-0")
+    add_deprecated_alias(k, "--msg", msg_dev)  # --msg is trace's message-name filter
     k.add_argument("--dt-root", default=LIVE_TREE, metavar="DIR",
                    help=f"the live device tree the region is read from (default {LIVE_TREE})")
     k.add_argument("--base", type=parse_int, default=None, metavar="ADDR",
@@ -177,7 +179,8 @@ def _driver_kernel(args: argparse.Namespace, types: list[str],
         base, size = region.base, args.size if args.size is not None else region.size
     if files is None:
         files = DeviceFiles(args.lb or str(Path(args.dev_dir) / "virtio-msg-lb"),
-                            args.msg or str(Path(args.dev_dir) / "virtio-msg-0"), args.sysfs_dir)
+                            args.msg_dev or str(Path(args.dev_dir) / "virtio-msg-0"),
+                            args.sysfs_dir)
     reader_wakeup()
     return run_driver_suite_kernel(files, base, size, types, first=args.first,
                                    settle=args.settle_ms / 1000, op_timeout_s=args.op_timeout)

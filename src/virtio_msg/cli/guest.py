@@ -18,13 +18,16 @@ from rich.console import Console
 from rich.table import Table
 
 from virtio_msg.cli.capture_args import add_capture_args, capture_limits
+from virtio_msg.cli.common import add_deprecated_alias
 
 
 def cmd_guest(args: argparse.Namespace) -> int:
-    """Run the harness for ``args.kernel``; print the report."""
+    """Run the harness for ``args.kernel_image``; print the report."""
     from virtio_msg.guest import GuestSetupError, run_guest
     from virtio_msg.guest.boot import parse_devices
 
+    if args.kernel_image is None:
+        raise ValueError("guest needs the kernel to boot: --kernel-image IMAGE")
     devices = parse_devices(args.devices)
     if args.timeout <= 0:
         raise ValueError("--timeout must be positive")
@@ -32,7 +35,7 @@ def cmd_guest(args: argparse.Namespace) -> int:
     capture = Path(args.capture) if args.capture else None
     try:
         report = run_guest(
-            args.kernel,
+            args.kernel_image,
             devices,
             timeout=args.timeout,
             keep=args.keep,
@@ -65,13 +68,16 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "guest",
         help="boot a Linux kernel with the virtio-msg loopback under QEMU and check its drivers",
-        description="Build a device tree and an initramfs, boot KERNEL under "
+        description="Build a device tree and an initramfs, boot IMAGE under "
         "qemu-system-aarch64 -M virt, run 'virtio-msg backend --kernel' in the guest and "
         "check the kernel's own drivers on its devices.",
     )
-    p.add_argument(
-        "--kernel", required=True, type=Path, metavar="IMAGE", help="arm64 kernel Image to boot"
+    image = p.add_argument(
+        "--kernel-image", type=Path, default=None, metavar="IMAGE",
+        help="arm64 kernel Image to boot (required)",
     )
+    # --kernel is the kernel channel in `backend` and `conformance`: here it was the image.
+    add_deprecated_alias(p, "--kernel", image)
     p.add_argument(
         "--devices",
         default="rng,blk,console,i2c",

@@ -1,6 +1,6 @@
 """``virtio-msg backend --kernel``: serve built-in devices to the kernel's virtio-msg loopback.
 
-``virtio-msg backend --kernel [--lb PATH] [--dev-dir DIR | --msg PATH]
+``virtio-msg backend --kernel [--lb PATH] [--dev-dir DIR | --msg-dev PATH]
 [--dt-root DIR] [--base ADDR] [--size N] [N:]TYPE[=IMAGE] ...`` opens the seed
 kernel's ``/dev/virtio-msg-lb`` and ``/dev/virtio-msg-0``, maps the region
 (its base from the live device tree unless ``--base`` gives it), ADDs each
@@ -30,7 +30,13 @@ from virtio_msg.bus.kernel import (
     KernelFiles,
 )
 from virtio_msg.cli.capture_args import close_capture, open_capture
-from virtio_msg.cli.common import Output, parse_int, parse_size, stop_on_signals
+from virtio_msg.cli.common import (
+    Output,
+    add_deprecated_alias,
+    parse_int,
+    parse_size,
+    stop_on_signals,
+)
 from virtio_msg.compose.config import DEFAULT_DEVICES, parse_device_specs
 from virtio_msg.devices.catalog import make_device
 from virtio_msg.dt.live import LIVE_TREE, kernel_region
@@ -166,7 +172,7 @@ def cmd_backend_kernel(args: argparse.Namespace, files: KernelFiles | None = Non
     except ConfigError as exc:
         out.error(str(exc))
         return 2
-    msg_path = args.msg or str(Path(args.dev_dir) / "virtio-msg-0")
+    msg_path = args.msg_dev or str(Path(args.dev_dir) / "virtio-msg-0")
     lb_path = args.lb or str(Path(args.dev_dir) / "virtio-msg-lb")
     if files is None:
         files = DeviceFiles(lb_path, msg_path, args.sysfs_dir)
@@ -225,7 +231,11 @@ def add_kernel_arguments(p: argparse.ArgumentParser) -> None:
         help="where the device files are (default /dev)",
     )
     g.add_argument("--lb", default=None, metavar="PATH", help="default DIR/virtio-msg-lb")
-    g.add_argument("--msg", default=None, metavar="PATH", help="default DIR/virtio-msg-0")
+    msg_dev = g.add_argument(
+        "--msg-dev", default=None, metavar="PATH", help="default DIR/virtio-msg-0"
+    )
+    # --msg is trace's message-name filter: here it was this device file.
+    add_deprecated_alias(g, "--msg", msg_dev)
     g.add_argument(
         "--dt-root",
         default=LIVE_TREE,

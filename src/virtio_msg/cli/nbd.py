@@ -15,6 +15,7 @@ from typing import Any
 from virtio_msg.cli.common import (
     SIZE_FORMS,
     add_codec_args,
+    add_deprecated_alias,
     describe_os_error,
     parse_int,
     parse_size,
@@ -46,10 +47,10 @@ def cmd_nbd(args: argparse.Namespace) -> int:
         report = serve_nbd(
             args.socket,
             args.image,
-            size=args.size,
+            size=args.image_size,
             read_only=args.read_only,
             params=params,
-            export_name=args.name,
+            export_name=args.export_name,
             max_clients=args.clients,
             ready=ready,
         )
@@ -76,15 +77,21 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     add_codec_args(p)
     p.add_argument("socket", metavar="PATH", help="Unix socket to listen on (created mode 0600)")
     p.add_argument("--image", metavar="FILE", help="raw image file (default: a temporary image)")
-    p.add_argument(
-        "--size",
+    image_size = p.add_argument(
+        "--image-size",
         type=parse_size,
         metavar="BYTES",
         help=f"create the image at this size if it is missing, {SIZE_FORMS} "
         "(temporary image: 16M)",
     )
     p.add_argument("--read-only", action="store_true", help="offer VIRTIO_BLK_F_RO; NBD READ_ONLY")
-    p.add_argument("--name", default="virtio-blk", help="export name (the empty name works too)")
+    export = p.add_argument(
+        "--export-name", default="virtio-blk", metavar="NAME",
+        help="export name (default virtio-blk; the empty name works too)",
+    )
+    # --size and --name are the region's size and the bus's name in `bus`.
+    add_deprecated_alias(p, "--size", image_size)
+    add_deprecated_alias(p, "--name", export)
     p.add_argument(
         "--clients",
         type=parse_int,

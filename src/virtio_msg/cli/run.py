@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 from virtio_msg.cli.capture_args import add_capture_args, close_capture, open_capture
@@ -103,7 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.socket:
             from virtio_msg.compose.socket import run_over_socket
 
-            report = run_over_socket(configs, capture=capture)
+            path = None if args.socket is True else Path(args.socket)
+            report = run_over_socket(configs, capture=capture, socket_path=path)
         else:
             report = run_loopback(configs, capture)
     finally:
@@ -130,9 +132,13 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument(
         "--socket",
-        action="store_true",
-        help="serve the devices from a separate backend process over the Unix socket "
-        "channel (same report; not with --vhost-user)",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="PATH",
+        help="serve the devices from a separate backend process over the bus's Unix "
+        "socket (same report; not with --vhost-user); PATH: where the bus's socket goes "
+        "(one bus only; default: a private temporary directory)",
     )
     p.add_argument(
         "--ring",

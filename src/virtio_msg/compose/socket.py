@@ -40,6 +40,7 @@ def _run_one_over_socket(
     start_timeout: float | None,
     capture: CaptureWriter | None = None,
     index: int = 0,
+    socket_path: Path | None = None,
 ) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     specs: list[str] = []
@@ -65,7 +66,7 @@ def _run_one_over_socket(
             cv.notify_all()
 
     bus.on_added.append(on_added)
-    server = SocketServer(bus, tmp / "bus.sock")
+    server = SocketServer(bus, socket_path or tmp / "bus.sock")
     try:
         with tempfile.TemporaryFile() as errlog:
             return _serve_and_exercise(
@@ -168,17 +169,28 @@ def run_over_socket(
     *,
     start_timeout: float | None = None,
     capture: CaptureWriter | None = None,
+    socket_path: Path | None = None,
 ) -> dict[str, Any]:
-    """``virtio-msg run --socket``: each bus's devices served by a backend process.
+    """``virtio-msg run --socket [PATH]``: each bus's devices served by a backend process.
 
     Same report as :func:`virtio_msg.compose.loopback.run_loopback` (each bus report
     gains a ``channel`` entry).  ``start_timeout`` bounds the wait for the
     backend to add its devices (default: 20 s or 4 x the request timeout).
     With ``capture``, every bus records its socket connection (bus instance =
-    the bus's index), as ``bus --capture`` does.
+    the bus's index), as ``bus --capture`` does.  ``socket_path`` puts the
+    bus's socket there (one bus only; default: a private temporary directory,
+    removed afterwards).
     """
+    if socket_path is not None and len(configs) != 1:
+        raise ValueError(
+            f"--socket PATH names one bus's socket, and the tree describes {len(configs)} "
+            "buses: give --socket without PATH"
+        )
     return combine(
-        [_run_one_over_socket(c, start_timeout, capture, i) for i, c in enumerate(configs)]
+        [
+            _run_one_over_socket(c, start_timeout, capture, i, socket_path)
+            for i, c in enumerate(configs)
+        ]
     )
 
 
