@@ -105,6 +105,23 @@ def _lines(proc: Any, until: str, count: int = 1) -> list[dict[str, Any]]:
     return got
 
 
+def _text_lines(proc: Any, needle: str, count: int) -> list[str]:
+    """Read text lines until ``count`` of them contain ``needle`` (bounded wait)."""
+    got: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            got.append(line.rstrip("\n"))
+            if sum(needle in seen for seen in got) >= count:
+                break
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert done.wait(WAIT), f"no {count} lines with {needle!r}; got {got}"
+    return got
+
+
 def test_two_terminals_one_bus(pdir: Path) -> None:
     sock = pdir / "bus.sock"
     bus = spawn("bus", "--socket", str(sock), "--json", "--timeout-ms", "2000")
@@ -118,9 +135,11 @@ def test_two_terminals_one_bus(pdir: Path) -> None:
         assert sorted(e["dev_num"] for e in added) == [0, 3]
         assert all(e["type"] == "rng" and e["driver"] for e in added)
         assert all(e["ok"] for e in events if e["event"] == "selftest")
-        out, _err = stop(backend)  # SIGTERM: the backend REMOVEs its devices and leaves
+        # The bus can see an ADD before the backend has printed it: wait for its lines.
+        printed = _text_lines(backend, " added: rng", 2)
+        assert "device 0 added: rng" in printed and "device 3 added: rng" in printed
+        stop(backend)  # SIGTERM: the backend REMOVEs its devices and leaves
         assert backend.returncode == 0
-        assert "device 0 added: rng" in out and "device 3 added: rng" in out
         gone = _lines(bus, "disconnected")
         assert sorted(e["dev_num"] for e in gone if e["event"] == "removed") == [0, 3]
         out, _err = stop(bus, signal.SIGINT)
