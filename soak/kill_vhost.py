@@ -258,8 +258,9 @@ class Children:
     def start_bridge(self, bus_sock: Path) -> None:
         """Start ``virtio-msg backend vhost-user --reconnect`` between the two sockets."""
         self.bridge = self._popen(
-            [sys.executable, "-m", "virtio_msg", "backend", "vhost-user", "--socket", str(self.vub),
-             "--bus", str(bus_sock), "--dev-num", str(BLK), "--type", "blk",
+            [sys.executable, "-m", "virtio_msg", "backend", "vhost-user",
+             "--vhost-user", str(self.vub), "--socket", str(bus_sock),
+             "--dev-num", str(BLK), "--type", "blk",
              "--reconnect", str(WAIT), "--json"],
             "bridge",
         )
