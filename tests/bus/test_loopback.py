@@ -482,3 +482,28 @@ def test_spec_kick_is_one_way() -> None:
         channel.hold = True  # nobody will answer; a one-way kick does not care
         driver.vq.add((), (8,), object())
         assert driver.transport.notify(driver.vq) is True
+
+
+def test_event_config_marks_the_config_stale_even_while_its_dispatch_waits(profile: str) -> None:
+    """DRV-37: a deferred EVENT_CONFIG still makes the driver re-read before new I/O.
+
+    While another thread is dispatching events the bus queues the event; a
+    response it receives next may let the driver go on, so the config view is
+    marked stale as the event arrives, not when it is dispatched.
+    """
+    bus, backend, _ch = loopback_pair(LoopbackBus(BusParams(profile), size=1 << 20))
+    with bus:
+        model = Tunable()
+        backend.serve(0, model)
+        entry = bus.device(0)
+        assert entry is not None
+        calls: list[int] = []
+        entry.transport.config_changed = lambda: calls.append(1)
+        entry.transport.engine.config_stale = False
+        with bus._lock:
+            bus._dispatching = True  # another thread is in the middle of a dispatch
+        model.update_config(2, b"\xaa\xbb")
+        assert calls == []  # queued, not dispatched yet
+        assert entry.transport.engine.config_stale  # but the change is already known
+        bus._dispatch_events()
+        assert calls == [1]

@@ -429,6 +429,7 @@ class LoopbackBus:
             if entry is None or entry.channel is not channel:
                 self.dropped["event-not-from-owner"] += 1
                 return
+            entry.transport.note_event(msg)  # before a later response can be handled
             self._events.append((dev_num, msg))
             if self._dispatching:
                 return

@@ -53,6 +53,11 @@ class _NoReread(DriverEngine):
 
 
 class _IgnoresGeneric(DriverEngine):
+    def note_event(self, msg: Message) -> None:
+        if not (type(msg) is S.EventConfig and msg.offset == msg.length == 0 and
+                not msg.device_status & C.Status.DEVICE_NEEDS_RESET):
+            super().note_event(msg)
+
     def accept_event(self, msg: Message) -> Message | None:
         stale = self.config_stale
         out = super().accept_event(msg)

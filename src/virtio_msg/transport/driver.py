@@ -274,6 +274,15 @@ class DriverTransport:
 
     # --- events and waiting --------------------------------------------------------------
 
+    def note_event(self, msg: Message) -> None:
+        """Called by the bus as it receives an event, before the event is dispatched.
+
+        An EVENT_CONFIG marks the config view stale at once: the bus may defer
+        the dispatch (another thread is dispatching), and a response it
+        receives next must not let new I/O overtake the change (DRV-37).
+        """
+        self.engine.note_event(msg)
+
     def deliver_event(self, msg: Message) -> None:
         """Called by the bus with an event for this device (EVENT_USED / EVENT_CONFIG)."""
         ev = self.engine.accept_event(msg)

@@ -392,6 +392,11 @@ class DriverEngine:
             next_offset = 0
         return S.EventAvail(index, next_offset & 0xFFFFFFFF, dev_num=self.dev_num)
 
+    def note_event(self, msg: Message) -> None:
+        """An event as the bus receives it, before dispatch: EVENT_CONFIG marks the config stale."""
+        if type(msg) is S.EventConfig:
+            self.config_stale = True  # DRV-37: known before any later response
+
     def accept_event(self, msg: Message) -> Message | None:
         """Validate an event from the device; None (counted) if it must be ignored."""
         if type(msg) is S.EventUsed:
