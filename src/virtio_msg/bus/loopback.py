@@ -418,6 +418,18 @@ class LoopbackBus:
             pend.complete(_new_tuple(type(msg), msg[:-2] + (dev_num, 0)), None)
         self.received[_LABELS.get(type(msg)) or label(msg)] += 1
 
+    def note_event(self, msg: Message, channel: Channel) -> None:
+        """An event as it arrives, before its dispatch (which may be deferred to another thread).
+
+        The owning device's driver transport learns of an EVENT_CONFIG at once
+        (:meth:`DriverTransport.note_event`), so a response that arrives after
+        the event cannot let new I/O overtake the change (DRV-37).
+        """
+        with self._lock:
+            entry = self._devices.get(msg[-2])
+            if entry is not None and entry.channel is channel:
+                entry.transport.note_event(msg)
+
     def _receive_event(self, msg: Message, channel: Channel) -> None:
         if type(msg) not in (S.EventUsed, S.EventConfig):
             self.dropped[f"unexpected:{type(msg).__name__}"] += 1

@@ -533,6 +533,7 @@ class SocketChannel:
                 f"flooding: {self.queued_events} events waiting for dispatch", violation=True
             )
             return
+        self.bus.note_event(msg, self)  # before a response read after it completes a waiter
         self.server.queue_event(self, data)
 
     def _dispatch_bus(self, data: bytes, typ: int, msg_id: int) -> None:
