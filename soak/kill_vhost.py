@@ -46,8 +46,7 @@ from virtio_msg.bus.socket import SocketServer
 from virtio_msg.devices.rng import RngDevice
 from virtio_msg.drivers.blk import BlkDriver
 from virtio_msg.drivers.rng import RngDriver
-from virtio_msg.errors import TransportError, VirtioMsgError
-from virtio_msg.testing import progress
+from virtio_msg.testing import KillRound, kill_rng_reader, kill_writer, progress
 from virtio_msg.transport.params import BusParams
 
 BLK, RNG = 4, 5
@@ -120,87 +119,6 @@ class Watch:
                 if left <= 0:
                     raise RuntimeError(f"hang: {what} did not happen within {WAIT:.0f} s")
                 self.cv.wait(min(left, 1.0))  # woken by the report; the slice checks the children
-
-
-class Round:
-    """What the threads of one round saw: failed requests, unexpected errors, rng reads."""
-
-    def __init__(self) -> None:
-        """Nothing seen yet."""
-        self.failed: list[tuple[float, float]] = []
-        """(call started, call failed), monotonic seconds, one per writer."""
-        self.kinds: Counter[str] = Counter()
-        """How the writers' requests failed (TransportError kinds, else the class name)."""
-        self.unexpected: list[str] = []
-        self.acked = 0
-        self.cv = threading.Condition()
-        self.rng_reads = 0
-        self.rng_failures = 0
-        self.stop = threading.Event()
-
-    def wait_busy(self, count: int) -> None:
-        """Wait until the writers have had ``count`` writes acknowledged and the rng was read.
-
-        Returns early if every writer already stopped (the summary then shows why).
-        """
-        deadline = time.monotonic() + WAIT
-        with self.cv:
-            while (self.acked < count or not self.rng_reads) and (
-                len(self.failed) + len(self.unexpected) < WRITERS
-            ):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError(f"hang: {count} writes not acknowledged in {WAIT:.0f} s")
-                self.cv.wait(left)
-
-
-def _writer(
-    driver: BlkDriver, rnd: random.Random, lane: int, done: dict[int, bytes],
-    lock: threading.Lock, seen: Round,
-) -> None:
-    offset, data, began = 0, b"", 0.0
-    try:
-        while True:
-            # Byte offsets; each write owns a 2 KiB slot and lanes never share slots.
-            offset = (lane * 1000 + rnd.randrange(1000)) * 2048
-            data = rnd.randbytes(512 * rnd.randint(1, 4))
-            began = time.monotonic()
-            driver.write(offset, data)
-            with lock:
-                for i in range(0, len(data), 512):
-                    done[offset + i] = data[i : i + 512]
-            with seen.cv:
-                seen.acked += 1
-                seen.cv.notify_all()
-    except VirtioMsgError as exc:
-        failed = time.monotonic()
-        with lock:  # the failed write may or may not have reached the disk
-            for i in range(0, len(data), 512):
-                done.pop(offset + i, None)
-        with seen.cv:
-            seen.failed.append((began, failed))
-            seen.kinds[exc.kind if isinstance(exc, TransportError) else type(exc).__name__] += 1
-            seen.cv.notify_all()
-    except Exception as exc:  # anything else is a defect the run reports
-        with seen.cv:
-            seen.unexpected.append(f"writer {lane}: {exc!r}")
-            seen.cv.notify_all()
-
-
-def _rng_reader(driver: RngDriver, seen: Round) -> None:
-    while not seen.stop.is_set():
-        try:
-            got = len(driver.read(16))
-        except Exception as exc:
-            got = -1
-            seen.unexpected.append(f"rng: {exc!r}")
-        with seen.cv:
-            if got == 16:
-                seen.rng_reads += 1
-            else:
-                seen.rng_failures += 1
-            seen.cv.notify_all()
-        seen.stop.wait(0.002)  # pacing only: the other backend is read throughout
 
 
 def _verify(driver: BlkDriver, image: Path, snapshot: dict[int, bytes], where: str) -> None:
@@ -355,15 +273,15 @@ def run(
                 rss_max = max(rss_max, proc_rss_kib(bridge.pid))
                 if rnd_no == rounds:
                     break
-                seen = Round()
+                seen = KillRound(WRITERS, WAIT)
                 threads = [
                     threading.Thread(
-                        target=_writer,
+                        target=kill_writer,
                         args=(driver, random.Random(rnd.random()), i, done, lock, seen),
                     )
                     for i in range(WRITERS)
                 ]
-                threads.append(threading.Thread(target=_rng_reader, args=(rng, seen)))
+                threads.append(threading.Thread(target=kill_rng_reader, args=(rng, seen)))
                 for t in threads:
                     t.start()
                 seen.wait_busy(WRITERS * rnd.randint(2, 10))

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import sys
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -32,6 +35,9 @@ from rich.progress import (
 )
 
 from virtio_msg.bus import Backend, InProcessChannel, LoopbackBus, loopback_pair
+from virtio_msg.drivers.blk import BlkDriver
+from virtio_msg.drivers.rng import RngDriver
+from virtio_msg.errors import TransportError, VirtioMsgError
 from virtio_msg.memory import DmaPool, Region
 from virtio_msg.transport.device import DeviceModel, DeviceTransport
 from virtio_msg.transport.engine import DriverEngine, Proc, run_sync
@@ -234,3 +240,100 @@ __all__ = [
     "progress",
     "rss_kib",
 ]
+
+
+# --- kill -9 campaigns (soak/) ---------------------------------------------------------
+
+
+class KillRound:
+    """What the threads of one kill round saw: failed requests, unexpected errors, rng reads.
+
+    Shared by the kill -9 campaigns in soak/ (a blk backend, a vhost-user back end).
+    """
+
+    def __init__(self, writers: int, wait: float) -> None:
+        """Nothing seen yet; ``writers`` threads write, every wait is bounded by ``wait`` s."""
+        self.writers = writers
+        self.wait = wait
+        self.failed: list[tuple[float, float]] = []
+        """(call started, call failed), monotonic seconds, one per writer."""
+        self.kinds: Counter[str] = Counter()
+        """How the writers' requests failed (TransportError kinds)."""
+        self.unexpected: list[str] = []
+        self.acked = 0
+        self.cv = threading.Condition()
+        self.rng_reads = 0
+        self.rng_failures = 0
+        self.stop = threading.Event()
+
+    def wait_busy(self, count: int) -> None:
+        """Wait until the writers have had ``count`` writes acknowledged and the rng was read.
+
+        Returns early if every writer already stopped (the summary then shows why).
+        """
+        deadline = time.monotonic() + self.wait
+        with self.cv:
+            while (self.acked < count or not self.rng_reads) and (
+                len(self.failed) + len(self.unexpected) < self.writers
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(
+                        f"hang: {count} writes not acknowledged in {self.wait:.0f} s"
+                    )
+                self.cv.wait(left)
+
+
+def kill_writer(
+    driver: BlkDriver, rnd: random.Random, lane: int, done: dict[int, bytes],
+    lock: threading.Lock, seen: KillRound,
+) -> None:
+    """Write random 512-byte-multiple blocks in ``lane``'s slots until a request fails.
+
+    Acknowledged writes are recorded in ``done`` (byte offset -> sector); a write
+    that failed is forgotten, since it may or may not have reached the disk.
+    """
+    offset, data, began = 0, b"", 0.0
+    try:
+        while True:
+            # Byte offsets; each write owns a 2 KiB slot and lanes never share slots.
+            offset = (lane * 1000 + rnd.randrange(1000)) * 2048
+            data = rnd.randbytes(512 * rnd.randint(1, 4))
+            began = time.monotonic()
+            driver.write(offset, data)
+            with lock:
+                for i in range(0, len(data), 512):
+                    done[offset + i] = data[i : i + 512]
+            with seen.cv:
+                seen.acked += 1
+                seen.cv.notify_all()
+    except VirtioMsgError as exc:
+        failed = time.monotonic()
+        with lock:  # the failed write may or may not have reached the disk
+            for i in range(0, len(data), 512):
+                done.pop(offset + i, None)
+        with seen.cv:
+            seen.failed.append((began, failed))
+            seen.kinds[exc.kind if isinstance(exc, TransportError) else type(exc).__name__] += 1
+            seen.cv.notify_all()
+    except Exception as exc:  # anything else is a defect the run reports
+        with seen.cv:
+            seen.unexpected.append(f"writer {lane}: {exc!r}")
+            seen.cv.notify_all()
+
+
+def kill_rng_reader(driver: RngDriver, seen: KillRound) -> None:
+    """Read 16 bytes again and again until ``seen.stop``, counting reads and failures."""
+    while not seen.stop.is_set():
+        try:
+            got = len(driver.read(16))
+        except Exception as exc:
+            got = -1
+            seen.unexpected.append(f"rng: {exc!r}")
+        with seen.cv:
+            if got == 16:
+                seen.rng_reads += 1
+            else:
+                seen.rng_failures += 1
+            seen.cv.notify_all()
+        seen.stop.wait(0.002)  # pacing only: the other backend is read throughout
