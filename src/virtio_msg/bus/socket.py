@@ -28,7 +28,9 @@ Latency: a driver thread that sends a request becomes the connection's
 *leader* if no one else is reading (a non-blocking lock): it receives and
 dispatches datagrams itself until its own response arrives or a short window
 passes, then returns and the bus waits as usual.  This saves the wake-up of a
-second thread per request; the reader thread yields the socket to a leader.
+second thread per request; the reader thread yields the socket to a leader, and
+its one-shot epoll watch is re-armed only by itself, so a leader makes no epoll
+call.
 Dispatch always happens under the same lock, so messages are handled in the
 order the backend sent them.
 

@@ -41,6 +41,7 @@ from virtio_msg.bus.socket_control import ControlWorker
 from virtio_msg.bus.socket_limits import (
     JOIN_TIMEOUT,
     POLL_MS,
+    READER_PARK_S,
     SocketLimits,
     TokenBucket,
     receive_error,
@@ -57,6 +58,7 @@ BACKEND_CLOSED = "connection closed by the backend"
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
+_WATCH = select.EPOLLIN | select.EPOLLONESHOT
 
 
 class ChannelHost(Protocol):
@@ -129,8 +131,10 @@ class SocketChannel:
         self._key_end = 4 if params.rfc1 else 6  # msg_id, dev_num (and token): the match
         self._lead_done = False
         self._lead_enabled = self.limits.lead_window_ms > 0
+        # One-shot: the reader's watch disarms when it fires and is re-armed only after
+        # the reader has read (so a leader pays no system call to keep it quiet).
         self._epoll = select.epoll()
-        self._epoll.register(self._fd, select.EPOLLIN)
+        self._epoll.register(self._fd, _WATCH)
         # Writing: direct non-blocking sends, then a bounded backlog.
         self._send_lock = threading.Lock()
         self._send_cv = threading.Condition(self._send_lock)
@@ -214,15 +218,13 @@ class SocketChannel:
         try:
             if self._sock_closed:  # torn down while we waited for nothing
                 raise BusError(f"{self.name} is disconnected ({self.reason or 'closed'})")
-            self._epoll.modify(self._fd, 0)  # the reader stops watching: no wake-up for it
-            try:
-                self._send(data, request)
-                self._lead(data[1 : self._key_end], typ & C.TYPE_BUS)
-            finally:  # level-triggered: what the leader left unread wakes the reader
-                self._epoll.modify(self._fd, select.EPOLLIN)
+            self._send(data, request)
+            self._lead(data[1 : self._key_end], typ & C.TYPE_BUS)
         finally:
             self._rlock.release()
-            if self._reader_waiting:
+            # A reader parked behind leaders looks again within READER_PARK_S; it is
+            # woken now only if a response someone else waits for may be unread.
+            if self._reader_waiting and self.requests_sent > self.responses_received:
                 with self._yield:
                     self._yield.notify()
 
@@ -429,17 +431,24 @@ class SocketChannel:
         try:
             while not self._closing:
                 if not self._epoll.poll(POLL_MS / 1000):
-                    continue
-                if not self._rlock.acquire(blocking=False):
-                    with self._yield:  # a leader is reading; it wakes us when done
+                    continue  # still armed: nothing arrived
+                # The watch fired and is disarmed until re-armed below.
+                while not self._closing and not self._rlock.acquire(blocking=False):
+                    with self._yield:  # a leader is reading (it dispatches all it reads)
                         self._reader_waiting = True
-                        self._yield.wait(0.005)
+                        self._yield.wait(READER_PARK_S)
                         self._reader_waiting = False
-                    continue
+                if self._closing:
+                    break
                 try:
                     self._drain()
                 finally:
                     self._rlock.release()
+                with self._send_lock:  # the teardown closes the epoll under this lock
+                    if self._sock_closed:
+                        break
+                    # EPOLL_CTL_MOD re-checks readiness: what arrived after the drain fires.
+                    self._epoll.modify(self._fd, _WATCH)
         except Exception:  # pragma: no cover - a bug here must still tear down
             log.exception("%s: reader of %s failed", self.bus.name, self.name)
             self._fail("internal error in the reader", violation=False)
@@ -529,9 +538,7 @@ class SocketChannel:
             self._fail(f"flooding: more than {self.limits.event_rate:.0f} events/s", violation=True)
             return
         if self.queued_events >= self.limits.max_queued_events:
-            self._fail(
-                f"flooding: {self.queued_events} events waiting for dispatch", violation=True
-            )
+            self._fail(f"flooding: {self.queued_events} events await dispatch", violation=True)
             return
         self.bus.note_event(msg, self)  # before a response read after it completes a waiter
         self.server.queue_event(self, data)
@@ -543,9 +550,7 @@ class SocketChannel:
         if typ & C.TYPE_RESPONSE:
             if type(msg) is S.PingResp:
                 ping = self._ping
-                if ping is not None and (msg.token, msg.data) == (
-                    ping.token, ping.data
-                ):
+                if ping is not None and (msg.token, msg.data) == (ping.token, ping.data):
                     self.received["bus"] += 1
                     self.responses_received += 1
                     with self._wait_lock:
@@ -559,16 +564,12 @@ class SocketChannel:
             self.count_violation(f"unexpected bus response {type(msg).__name__}")
             return
         if not self._bus_bucket.take():
-            self._fail(
-                f"flooding: more than {self.limits.bus_message_rate:.0f} bus messages/s",
-                violation=True,
-            )
+            rate = self.limits.bus_message_rate
+            self._fail(f"flooding: more than {rate:.0f} bus messages/s", violation=True)
             return
         if type(msg) is GenericMessage:
             if msg.msg_id not in (MSG_ADD, MSG_REMOVE):
-                self.count_violation(
-                    f"unknown implementation-defined bus message {msg.msg_id:#04x}"
-                )
+                self.count_violation(f"unknown implementation-defined bus message {msg.msg_id:#x}")
                 return
             try:
                 req = parse_control_request(msg)

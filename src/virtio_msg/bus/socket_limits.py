@@ -16,6 +16,12 @@ from typing import Final
 
 POLL_MS: Final = 500
 """Longest a reader or acceptor sleeps in poll() before rechecking for shutdown."""
+READER_PARK_S: Final = 0.001
+"""How long a connection's reader waits behind a leader before it looks at the socket again.
+
+Leaders dispatch everything they read, so this bounds only how late the reader
+notices what arrived after the last leader of a burst stopped reading (an event;
+a leader that stops with responses for other threads unread wakes it at once)."""
 JOIN_TIMEOUT: Final = 5.0
 """Bound on waiting for a connection's threads when it closes, seconds."""
 PEERCRED: Final = struct.Struct("3i")

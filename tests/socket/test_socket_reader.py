@@ -1,0 +1,121 @@
+"""The bus side's reader thread and the leaders that read the socket in its place.
+
+A driver thread that sends a request reads its own response (the *leader*); the
+connection's reader thread watches the socket with a one-shot epoll registration
+that only the reader re-arms, so a leader makes no epoll system call.  These tests
+check that, and that whatever arrives after the last leader stopped reading (bus
+messages, events, responses for other threads) is still read by the reader.
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+from typing import Any
+
+import pytest
+from sockbus_helpers import WAIT, bus_harness
+
+from virtio_msg.bus.client import connect
+from virtio_msg.bus.socket import SocketLimits
+from virtio_msg.devices.rng import RngDevice
+from virtio_msg.transport.params import BusParams
+
+
+class _CountingEpoll:
+    """Wraps the channel's epoll object and records which thread modified it."""
+
+    def __init__(self, inner: select.epoll) -> None:
+        self.inner = inner
+        self.modified_by: list[int] = []
+
+    def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+        return self.inner.poll(timeout)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.modified_by.append(threading.get_ident())
+        self.inner.modify(fd, mask)
+
+    def register(self, fd: int, mask: int) -> None:
+        self.inner.register(fd, mask)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_leader_reads_its_response_without_an_epoll_call() -> None:
+    with bus_harness(BusParams(timeout_ms=3000), SocketLimits(lead_window_ms=10.0)) as h, \
+            connect(h.path) as c:
+        c.serve(0, RngDevice())
+        channel = h.server.channels()[0]
+        entry = h.bus.device(0)
+        assert entry is not None and entry.driver is not None
+        spy = _CountingEpoll(channel._epoll)
+        channel._epoll = spy  # type: ignore[assignment]
+        responses = channel.responses_received
+        for _ in range(200):
+            assert entry.transport.get_status() != 0
+        for _ in range(20):
+            assert channel.ping() > 0
+        me = threading.get_ident()
+        assert me not in spy.modified_by
+        assert channel.responses_received == responses + 220  # 200 responses, 20 PING echoes
+        assert channel.received["bus"] >= 20
+
+
+def test_what_arrives_after_the_last_leader_is_read_by_the_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """BUS-60: the backend's PINGs and an event sent while no one leads are still handled."""
+    with bus_harness(BusParams(timeout_ms=3000), SocketLimits(lead_window_ms=10.0)) as h, \
+            connect(h.path) as c:
+        device = c.serve(0, RngDevice())
+        channel = h.server.channels()[0]
+        entry = h.bus.device(0)
+        assert entry is not None and entry.driver is not None
+        for _ in range(30):
+            for _ in range(100):  # a burst of leaders: the reader parks behind them
+                entry.transport.get_status()
+            assert c.ping() > 0  # answered by the bus's reader, nobody leads now
+        events = channel.received["event"]
+        seen = threading.Event()
+        original = h.bus.note_event
+
+        def note(msg: Any, source: Any) -> None:
+            original(msg, source)
+            seen.set()
+
+        monkeypatch.setattr(h.bus, "note_event", note)
+        for _ in range(100):
+            entry.transport.get_status()
+        device.needs_reset("test: an event after the last response")
+        assert seen.wait(WAIT)
+        assert channel.received["event"] == events + 1
+
+
+def test_responses_for_other_threads_are_read_when_their_leader_stops() -> None:
+    """Many requesters, one leader at a time: nobody waits for a response left unread."""
+    with bus_harness(BusParams(timeout_ms=3000), SocketLimits(lead_window_ms=10.0)) as h, \
+            connect(h.path) as c:
+        for n in range(3):
+            c.serve(n, RngDevice())
+        failures: list[BaseException] = []
+
+        def work(n: int) -> None:
+            entry = h.bus.device(n)
+            assert entry is not None
+            try:
+                for _ in range(300):
+                    entry.transport.get_status()
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT * 2)
+        assert not any(t.is_alive() for t in threads)
+        assert failures == []
+        channel = h.server.channels()[0]
+        assert channel.responses_received == channel.requests_sent
