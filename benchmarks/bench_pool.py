@@ -14,21 +14,27 @@ noisy machine moves both numbers together and the ratio stays meaningful.
   record of the live mapping; on unmap the lookup, the removal and the slot
   given back), with none of the pool's checks: no pool written in Python
   gets above this ratio, whatever its design.
+* ``compiled prototype`` (``--native``): the same map + unmap through
+  ``benchmarks/native/_bounce.c``, DmaPool's work and checks in one C call
+  each (built on the spot with the system C compiler; skipped, with the reason,
+  when it cannot be built).
 
 ``ratio`` is baseline time / bounce time (throughput of the bounce path as a
 fraction of the bare copy's); the targets are >= 0.5 at 4 KiB and >= 0.8 from 64 KiB.  Run as
 ``python benchmarks/bench_pool.py`` (``--rounds`` and ``--budget`` trade time
-for stability).
+for stability; ``--native`` adds the compiled prototype, ``--json`` prints JSON lines).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 from figures import Figure, emit, figure
+from native.loader import NativePool, NativeUnavailable, load, native_pool
 from virtio_msg.memory import DmaDirection, DmaPool, Region
 
 SIZES = (4 * 1024, 64 * 1024, 256 * 1024)
@@ -88,7 +94,8 @@ def best_ns(
 
 
 def bench_size(
-    pool: DmaPool, region: Region, size: int, rounds: int, budget_s: float
+    pool: DmaPool, region: Region, size: int, rounds: int, budget_s: float,
+    compiled: NativePool | None = None,
 ) -> list[Figure]:
     """The bounce figures for one size (ratio = bare copy time / bounce time)."""
     data = bytes(range(256)) * (size // 256)
@@ -121,24 +128,36 @@ def bench_size(
         for _ in range(loops):
             sk_unmap(sk_map(data))
 
-    t = best_ns(
-        {
-            "bare_in": bare_in,
-            "to_device": bounce_to_device,
-            "bare_in_out": bare_in_out,
-            "bidirectional": bounce_bidirectional,
-            "floor": floor,
-        },
-        rounds,
-        budget_s,
-    )
+    cases: dict[str, Callable[[int], None]] = {
+        "bare_in": bare_in,
+        "to_device": bounce_to_device,
+        "bare_in_out": bare_in_out,
+        "bidirectional": bounce_bidirectional,
+        "floor": floor,
+    }
+    if compiled is not None:
+        c_map, c_unmap = compiled.map, compiled.unmap
+
+        def compiled_to_device(loops: int) -> None:
+            for _ in range(loops):
+                c_unmap(c_map(data, to_device))
+
+        def compiled_bidirectional(loops: int) -> None:
+            for _ in range(loops):
+                c_unmap(c_map(data, bidi))
+
+        cases["c_to_device"] = compiled_to_device
+        cases["c_bidirectional"] = compiled_bidirectional
+    t = best_ns(cases, rounds, budget_s)
     figures = []
-    for label, bare, bounce in (
-        ("to-device", t["bare_in"], t["to_device"]),
-        ("bidirectional", t["bare_in_out"], t["bidirectional"]),
-    ):
-        figures.append(figure(f"pool bounce {size // 1024} KiB {label}", bounce, "ns",
-                              bare, bare / bounce, f">= {TARGETS[size]}"))
+    rows = [("to-device", "bare_in", "to_device"),
+            ("bidirectional", "bare_in_out", "bidirectional")]
+    if compiled is not None:
+        rows += [("to-device (compiled prototype)", "bare_in", "c_to_device"),
+                 ("bidirectional (compiled prototype)", "bare_in_out", "c_bidirectional")]
+    for label, bare, bounce in rows:
+        figures.append(figure(f"pool bounce {size // 1024} KiB {label}", t[bounce], "ns",
+                              t[bare], t[bare] / t[bounce], f">= {TARGETS[size]}"))
     figures.append(figure(f"pool bounce {size // 1024} KiB floor (skeleton pool)", t["floor"],
                           "ns", t["bare_in"], t["bare_in"] / t["floor"]))
     skeleton.view.release()
@@ -151,17 +170,32 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (best kept)")
     parser.add_argument("--budget", type=float, default=0.02, help="seconds per timed batch")
     parser.add_argument("--json", action="store_true", help="one JSON object per figure")
+    parser.add_argument("--native", action="store_true",
+                        help="also time the compiled prototype (benchmarks/native/_bounce.c)")
     args = parser.parse_args()
-    with Region(4 * 1024 * 1024) as region:
-        pool = DmaPool(region, pool_size=region.size - 2 * max(SIZES))
+    module = None
+    if args.native:
+        try:
+            module = load()
+        except NativeUnavailable as exc:
+            print(f"bench_pool: skipping the compiled prototype: {exc}", file=sys.stderr)
+    # The region: DmaPool's span, then the compiled pool's span of the same size, then
+    # the bare copy's and the skeleton's buffers at the end.
+    with Region(8 * 1024 * 1024) as region:
+        span = (region.size - 2 * max(SIZES)) // 2
+        pool = DmaPool(region, pool_size=span)
+        compiled = None if module is None else native_pool(
+            module, region, pool_base=region.base + span, pool_size=span)
         figures = []
         for size in SIZES:
-            figures += bench_size(pool, region, size, args.rounds, args.budget)
+            figures += bench_size(pool, region, size, args.rounds, args.budget, compiled)
         if not args.json:
             print(f"DmaPool bounce vs bare memoryview copy: {pool.stats().slots_total} slots "
                   f"of {pool.slot_size} B, best of {args.rounds} interleaved rounds; ratio = "
                   "bare time / bounce time")
         emit(figures, args.json)
+        if compiled is not None:
+            compiled.close()
         pool.close()
 
 

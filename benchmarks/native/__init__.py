@@ -1,0 +1,1 @@
+"""Compiled prototypes measured by the benchmarks (never part of the installed package)."""
