@@ -24,6 +24,7 @@ Target: request p50 <= 1.3 x bare p50.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
@@ -55,15 +56,51 @@ def echo_child(fd: int, resp_size: int) -> None:
         sock.send(reply)
 
 
-def timed(fn: Callable[[], object], n: int) -> tuple[list[float], float]:
-    """Per-call seconds of ``n`` calls, and the wall time of all of them."""
+def cpu_ns(pid: int) -> int | None:
+    """CPU time of every thread of process ``pid`` so far, in ns (None if unknown).
+
+    From ``/proc/PID/task/*/schedstat`` (Linux): time on a CPU, user and system,
+    which is what a side adds to the round trip's critical path; time spent
+    asleep waiting for the peer is not counted.
+    """
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total
+
+
+def timed(
+    fn: Callable[[], object], n: int, peer: int | None = None
+) -> tuple[list[float], float, tuple[float, float] | None]:
+    """Per-call seconds of ``n`` calls, the wall time of all of them, and CPU per call.
+
+    The CPU figure is (this process, the ``peer`` process) in seconds per call,
+    None where ``/proc`` does not tell.
+    """
     samples = []
+    me = os.getpid()
+    c0 = cpu_ns(me), cpu_ns(peer) if peer else None
     t_start = time.perf_counter()
     for _ in range(n):
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
-    return samples, time.perf_counter() - t_start
+    wall = time.perf_counter() - t_start
+    c1 = cpu_ns(me), cpu_ns(peer) if peer else None
+    cpu = None
+    if None not in (c0[0], c1[0]):
+        mine = (c1[0] - c0[0]) / n / 1e9  # type: ignore[operator]
+        theirs = (c1[1] - c0[1]) / n / 1e9 if c0[1] is not None and c1[1] is not None else 0.0
+        cpu = (mine, theirs)
+    return samples, wall, cpu
 
 
 def main() -> None:
@@ -127,17 +164,22 @@ def main() -> None:
             "request": entry.transport.get_status,
             "in-process": ientry.transport.get_status,
         }
+        peers = {"bare": echo.pid, "ping": backend.pid, "request": backend.pid,
+                 "in-process": None}
         for fn in cases.values():  # warm up
             timed(fn, 500)
         samples: dict[str, list[float]] = {k: [] for k in cases}
         walls: dict[str, float] = dict.fromkeys(cases, 0.0)
+        cpus: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
         ratios: dict[str, list[float]] = {"ping": [], "request": []}
         for _ in range(args.rounds):
             p50: dict[str, float] = {}
             for name, fn in cases.items():
-                got, wall = timed(fn, args.requests)
+                got, wall, cpu = timed(fn, args.requests, peers[name])
                 samples[name] += got
                 walls[name] += wall
+                if cpu is not None:
+                    cpus[name].append(cpu)
                 p50[name] = percentile(got, 0.5)
             for name in ratios:
                 ratios[name].append(p50[name] / p50["bare"])
@@ -165,6 +207,11 @@ def main() -> None:
             "p99_us": round(percentile(got, 0.99) * 1e6, 1),
             "per_s": round(n / walls[name]),
         }
+        if cpus[name]:
+            rows[name]["cpu_us"] = [
+                round(statistics.median(c[i] for c in cpus[name]) * 1e6, 1) for i in (0, 1)
+            ]
+    floor = cpu_floor(rows)
     ratio = {k: round(statistics.median(v), 2) for k, v in ratios.items()}
     hop = rows["request"]["p50_us"] - rows["in-process"]["p50_us"]
     result = {
@@ -173,6 +220,7 @@ def main() -> None:
         "ratio_to_bare_p50": ratio, "socket_hop_us": round(hop, 1),
         "socket_hop_ratio_to_bare": round(hop / rows["bare"]["p50_us"], 2),
         "target": TARGET, "met": ratio["request"] <= TARGET,
+        "cpu_floor": floor,
     }
     if args.json:
         bare_p50 = rows["bare"]["p50_us"]
@@ -183,6 +231,8 @@ def main() -> None:
                    bare_p50, ratio["request"], f"<= {TARGET}"),
             figure(f"socket {args.profile}: in-process request p50",
                    rows["in-process"]["p50_us"], "us", bare_p50),
+            *([figure(f"socket {args.profile}: mean request predicted from CPU beyond bare",
+                      floor["predicted_us"], "us", floor["bare_mean_us"])] if floor else []),
         ], True)
         return
     print(f"profile {args.profile}, lead window {args.lead_ms} ms: {n} round trips per case "
@@ -197,6 +247,37 @@ def main() -> None:
           f"{'met' if result['met'] else 'NOT met'})")
     print(f"socket hop = request - in-process = {hop:.1f} us "
           f"({result['socket_hop_ratio_to_bare']:.2f}x bare)")
+    if floor:
+        print(f"CPU per round trip (bus process / backend process): request "
+              f"{floor['request_cpu_us'][0]:.1f} / {floor['request_cpu_us'][1]:.1f} us, bare "
+              f"{floor['bare_cpu_us'][0]:.1f} / {floor['bare_cpu_us'][1]:.1f} us")
+        print(f"mean round trip: bare {floor['bare_mean_us']:.1f} us + {floor['extra_us']:.1f} us "
+              f"of CPU beyond bare = {floor['predicted_us']:.1f} us predicted "
+              f"({floor['predicted_ratio']:.2f}x), {floor['request_mean_us']:.1f} us measured "
+              f"({floor['measured_ratio']:.2f}x); {TARGET}x needs the CPU beyond bare "
+              f"<= {floor['allowed_extra_us']:.1f} us")
+
+
+def cpu_floor(rows: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """What the request's CPU time beyond the bare pair's predicts for its mean round trip.
+
+    With one request in flight, a round trip is both sides' CPU time plus the
+    two wake-ups, which bare and request pay alike; so the request's mean round
+    trip is the bare mean plus the CPU both sides spend beyond bare, and the
+    target needs that extra CPU under ``(TARGET - 1) x`` the bare mean.
+    """
+    bare, req = rows["bare"].get("cpu_us"), rows["request"].get("cpu_us")
+    if not bare or not req:
+        return None
+    extra = max(req[0] - bare[0], 0.0) + max(req[1] - bare[1], 0.0)
+    bare_mean = 1e6 / rows["bare"]["per_s"]
+    req_mean = 1e6 / rows["request"]["per_s"]
+    return {"request_cpu_us": req, "bare_cpu_us": bare, "extra_us": round(extra, 1),
+            "bare_mean_us": round(bare_mean, 1), "request_mean_us": round(req_mean, 1),
+            "predicted_us": round(bare_mean + extra, 1),
+            "predicted_ratio": round((bare_mean + extra) / bare_mean, 2),
+            "measured_ratio": round(req_mean / bare_mean, 2),
+            "allowed_extra_us": round((TARGET - 1) * bare_mean, 1)}
 
 
 if __name__ == "__main__":
