@@ -1,6 +1,6 @@
 """Python bytecodes and frames per hot-path operation: a cost figure that load cannot move.
 
-Run: ``python benchmarks/opcount.py [--json]``
+Run: ``python benchmarks/opcount.py [--json] [--by-function [--only NAME]]``
 
 The timing benchmarks compare ratios because a shared 2-core machine moves
 absolute times by 3x; even their ratios move by 30 % under load.  This script
@@ -18,6 +18,10 @@ system calls is not counted).  Operations:
   process, per thread (the bus side and the backend's receive loop);
 * pool: ``map`` + ``unmap`` of 4 KiB to the device (``bench_pool.py``);
 * blk: one 64 KiB read in process (``bench_blk.py``, split ring).
+
+``--by-function`` also prints, for every operation, the bytecodes and calls
+per operation of each Python function it ran (``file:line function``), most
+expensive first; ``--only`` keeps the operations whose name contains NAME.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 from bench_codec import SPEC_SAMPLES
@@ -61,6 +65,9 @@ class Tracer:
         """Start with nothing counted."""
         self.ops: Counter[str] = Counter()
         self.frames: Counter[str] = Counter()
+        self.by_code: Counter[CodeType] = Counter()
+        self.calls_by_code: Counter[CodeType] = Counter()
+        self.repeat = 1
         self.on = False
 
     def __call__(self, frame: FrameType, event: str, _arg: Any) -> Any:
@@ -69,24 +76,51 @@ class Tracer:
             frame.f_trace_opcodes = True
             if self.on:
                 self.frames[threading.current_thread().name] += 1
+                self.calls_by_code[frame.f_code] += 1
         elif event == "opcode" and self.on:
             self.ops[threading.current_thread().name] += 1
+            self.by_code[frame.f_code] += 1
         return self
 
     def count(self, fn: Callable[[], object], repeat: int = 10) -> dict[str, tuple[float, float]]:
         """Bytecodes and frames per call of ``fn``, by thread (mean of ``repeat`` calls)."""
         self.ops.clear()
         self.frames.clear()
+        self.by_code.clear()
+        self.calls_by_code.clear()
         self.on = True
         for _ in range(repeat):
             fn()
         self.on = False
+        self.repeat = repeat
         return {k: (self.ops[k] / repeat, self.frames[k] / repeat) for k in self.ops}
+
+    def breakdown(self) -> list[tuple[str, float, float]]:
+        """The last :meth:`count`, per function: (where, bytecodes, calls) per operation."""
+        rows = []
+        for code in self.by_code.keys() | self.calls_by_code.keys():
+            where = f"{_short(code.co_filename)}:{code.co_firstlineno} {code.co_qualname}"
+            rows.append((where, self.by_code[code] / self.repeat,
+                         self.calls_by_code[code] / self.repeat))
+        return sorted(rows, key=lambda r: (-r[1], r[0]))
+
+
+def _short(filename: str) -> str:
+    """A source file's path from the package (or benchmarks/) down."""
+    parts = Path(filename).parts
+    for anchor in ("virtio_msg", "benchmarks"):
+        if anchor in parts:
+            return "/".join(parts[parts.index(anchor):])
+    return Path(filename).name
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per figure")
+    parser.add_argument("--by-function", action="store_true",
+                        help="also print each operation's bytecodes and calls per function")
+    parser.add_argument("--only", default="", metavar="NAME",
+                        help="only the operations whose name contains NAME")
     args = parser.parse_args()
     figures: list[Figure] = []
     tracer = Tracer()
@@ -95,6 +129,12 @@ def main() -> None:
     count = tracer.count
 
     def add(name: str, counts: dict[str, tuple[float, float]]) -> None:
+        if args.only not in name:
+            return
+        if args.by_function and not args.json:
+            print(f"{name}: bytecodes, calls per operation, by function")
+            for where, ops, calls in tracer.breakdown():
+                print(f"  {ops:8.1f} {calls:5.1f}  {where}")
         for thread, (ops, frames) in sorted(counts.items()):
             where = "" if thread == "MainThread" else f" [{thread}]"
             figures.append(figure(f"{name}{where}: bytecodes", ops, "ops"))

@@ -66,6 +66,9 @@ class Backend:
         self.adapter = WireAdapter(
             self.params.profile, self.params.max_size, kernel_compat=kernel_compat
         )
+        self._rfc1 = self.adapter.rfc1
+        self._encode = self.adapter.encode
+        self._decode = self.adapter.decode
         self.port: BusPort | None = None
         self.devices: dict[int, DeviceTransport] = {}
         self.dropped: Counter[str] = Counter()
@@ -118,14 +121,14 @@ class Backend:
             if port is None:
                 self.dropped["event-without-bus"] += 1
                 return
-            port.send(self.adapter.encode(msg))
+            port.send(self._encode(msg))
 
         return emit
 
     def deliver(self, data: bytes | bytearray | memoryview) -> None:
         """Take one message from the bus; answer it if it is a valid request."""
         try:
-            msg = self.adapter.decode(data)
+            msg = self._decode(data)
         except MalformedMessage as exc:
             self.dropped["malformed"] += 1  # DEV-21: discarded without any traffic
             log.debug("backend: dropped malformed message: %s", exc)
@@ -134,22 +137,35 @@ class Backend:
         if transport is None:
             self.dropped["unknown-device"] += 1
             return
-        kick = self.adapter.rfc1 and type(msg) is S.EventAvail
-        if kick and self.answer_kicks_first and self.port is not None:
-            # linux-rfc1 compatibility: the seed's bus waits for an answer to
-            # every message, kicks included (linux-rfc1.md 4.1).  On the
-            # project's own buses the answer goes first: a kick the processing
-            # causes (a driver re-posting buffers from its used-buffer callback)
-            # must not overtake it.
-            self.port.send(self.adapter.encode(R.EventAvailResp(dev_num=msg.dev_num)))
+        if self._rfc1 and type(msg) is S.EventAvail:
+            self._kick(transport, msg)
+            return
+        resp = transport.handle(msg)
+        if resp is not None:
+            port = self.port
+            if port is not None:
+                port.send(self._encode(resp))
+
+    def _kick(self, transport: DeviceTransport, msg: S.EventAvail) -> None:
+        """A linux-rfc1 kick: processed, and answered (the seed answers every message).
+
+        The seed's bus waits for an answer to every message, kicks included
+        (linux-rfc1.md 4.1).  On the project's own buses the answer goes
+        first: a kick the processing causes (a driver re-posting buffers from
+        its used-buffer callback) must not overtake it.  A real kernel
+        (``answer_kicks_first`` False) gets it after the processing: the used
+        ring is written before the kick returns; virtio_console polls it right
+        after the kick with a spinlock held, and on one CPU this process would
+        never run again (docs/kernel.md).
+        """
+        ack = R.EventAvailResp(dev_num=msg.dev_num)
+        if self.answer_kicks_first and self.port is not None:
+            self.port.send(self._encode(ack))
         resp = transport.handle(msg)
         if resp is not None and self.port is not None:
-            self.port.send(self.adapter.encode(resp))
-        if kick and not self.answer_kicks_first and self.port is not None:
-            # A real kernel: the used ring is written before the kick returns.
-            # virtio_console polls it right after the kick with a spinlock held;
-            # on one CPU this process would never run again (docs/kernel.md).
-            self.port.send(self.adapter.encode(R.EventAvailResp(dev_num=msg.dev_num)))
+            self.port.send(self._encode(resp))
+        if not self.answer_kicks_first and self.port is not None:
+            self.port.send(self._encode(ack))
 
 
 __all__ = ["Backend", "BusPort"]

@@ -47,6 +47,8 @@ from typing import Protocol
 
 import virtio_msg.spec as C
 from virtio_msg.bus.capture import BusCapture
+from virtio_msg.bus.pending import BUS, EVENT, EXPECT, KIND, REQUEST, RESPONSE, Pending, by_label
+from virtio_msg.bus.pending import label as label
 from virtio_msg.drivers import DRIVERS, Driver
 from virtio_msg.errors import (
     BusError,
@@ -59,7 +61,6 @@ from virtio_msg.memory import DmaPool, Region
 from virtio_msg.transport.driver import DriverTransport
 from virtio_msg.transport.params import BusParams
 from virtio_msg.wire import GenericMessage, Message, with_header
-from virtio_msg.wire import rfc1 as R
 from virtio_msg.wire import spec as S
 from virtio_msg.wire.translate import WireAdapter
 
@@ -81,34 +82,6 @@ class Channel(Protocol):
 
     def close(self) -> None:
         """Detach the backend."""
-
-
-class _Pending:
-    """One request in flight.
-
-    ``done`` and the fields it guards change under the bus lock; ``event`` is
-    only created when the requester really has to wait (an in-process backend
-    usually answers before ``deliver`` returns).
-    """
-
-    __slots__ = ("dev_num", "done", "error", "event", "msg_id", "response", "token")
-
-    def __init__(self, dev_num: int, msg_id: int, token: int) -> None:
-        self.dev_num = dev_num
-        self.msg_id = msg_id
-        self.token = token
-        self.done = False
-        self.event: threading.Event | None = None
-        self.response: Message | None = None
-        self.error: TransportError | None = None
-
-    def complete(self, response: Message | None, error: TransportError | None) -> None:
-        """Record the one outcome (call with the bus lock held) and wake the requester."""
-        self.response = response
-        self.error = error
-        self.done = True
-        if self.event is not None:
-            self.event.set()
 
 
 @dataclass
@@ -152,15 +125,15 @@ class LoopbackBus:
         self.channels: list[Channel] = []
         self._lock = threading.Lock()
         self._devices: dict[int, DeviceEntry] = {}
-        self._pending: dict[int, _Pending] = {}
-        self._fifo: dict[int, deque[_Pending]] = {}
+        self._pending: dict[int, Pending] = {}
+        self._fifo: dict[int, deque[Pending]] = {}
         self._next_token = 1
         self._events: deque[tuple[int, Message]] = deque()
         self._dispatching = False
-        self.sent: Counter[str] = Counter()
-        """Messages the bus sent to the backend, by name."""
-        self.received: Counter[str] = Counter()
-        """Messages received from the backend, by name."""
+        self._sent: Counter[type] = Counter()  # by class: no name lookup per message
+        self._received: Counter[type] = Counter()
+        self._encode = self.adapter.encode
+        self._decode = self.adapter.decode
         self.dropped: Counter[str] = Counter()
         """Messages dropped, by reason (malformed, unmatched-response, ...)."""
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
@@ -169,6 +142,16 @@ class LoopbackBus:
         self.closed = False
         self.capture: BusCapture | None = None
         """Records every message of the channels attached after it is set (None: off)."""
+
+    @property
+    def sent(self) -> Counter[str]:
+        """Messages the bus sent to the backend, by name (a snapshot)."""
+        return by_label(self._sent)
+
+    @property
+    def received(self) -> Counter[str]:
+        """Messages received from the backend, by name (a snapshot)."""
+        return by_label(self._received)
 
     def __repr__(self) -> str:
         """Name, profile and region."""
@@ -293,55 +276,64 @@ class LoopbackBus:
         raise TransportError("busy", f"{self.name}: 65535 requests in flight")
 
     def _request(self, dev_num: int, msg: Message) -> Message:
+        cls = type(msg)
         with self._lock:
             entry = self._devices.get(dev_num)
             if entry is None:  # BUS-06: a transport-visible failure, not a hang
                 raise TransportError("unroutable", f"device {dev_num} is not on {self.name}")
             channel = entry.channel
             if self._rfc1:
-                pend = _Pending(dev_num, _MSG_IDS[type(msg)], 0)
+                token = 0
+                pend = Pending(dev_num, EXPECT[cls], 0, channel)
                 self._fifo[dev_num].append(pend)
             else:
                 token = self._next_token  # _alloc_token's first step, inline
                 self._next_token = token % 0xFFFF + 1
                 if token in self._pending:
                     token = self._alloc_token()
-                pend = _Pending(dev_num, _MSG_IDS[type(msg)], token)
+                pend = Pending(dev_num, EXPECT[cls], token, channel)
                 self._pending[token] = pend
         try:
-            data = self.adapter.encode(_new_tuple(type(msg), msg[:-2] + (msg[-2], pend.token)))
+            data = self._encode(_new_tuple(cls, msg[:-2] + (msg[-2], token)))
         except EncodeError as exc:
             self._forget(pend)
-            raise TransportError("oversize", f"cannot send {type(msg).__name__}: {exc}") from exc
-        self.sent[_LABELS.get(type(msg)) or label(msg)] += 1
-        t0 = time.perf_counter()
+            raise TransportError("oversize", f"cannot send {cls.__name__}: {exc}") from exc
+        self._sent[cls] += 1
+        t0 = _perf_counter()
         try:
             channel.deliver(data)
         except VirtioMsgError as exc:
             self._forget(pend)
             raise TransportError("disconnected", f"{self.name}: delivery failed: {exc}") from exc
         if not pend.done:
-            with self._lock:
-                if not pend.done:
-                    pend.event = threading.Event()
-            if pend.event is not None and not pend.event.wait(self.params.timeout_ms / 1000):
-                self._forget(pend)  # a late response is now unmatched and gets dropped
-                with self._lock:
-                    timed_out = not pend.done
-                if timed_out:
-                    raise TransportError(
-                        "timeout",
-                        f"device {dev_num}: no response to {type(msg).__name__} within "
-                        f"{self.params.timeout_ms} ms",
-                    )
-        self.latencies.append(time.perf_counter() - t0)
-        if pend.error is not None:
-            raise pend.error
-        if pend.response is None:  # pragma: no cover - completion always sets one of them
-            raise TransportError("protocol", "request completed without a response")
-        return pend.response
+            self._wait(pend, msg)
+        self.latencies.append(_perf_counter() - t0)
+        resp = pend.response
+        if resp is None:
+            if pend.error is not None:
+                raise pend.error
+            raise TransportError(  # pragma: no cover - completion always sets one of them
+                "protocol", "request completed without a response"
+            )
+        return resp
 
-    def _forget(self, pend: _Pending) -> None:
+    def _wait(self, pend: Pending, msg: Message) -> None:
+        """The response was not there when ``deliver`` returned: wait for it (bounded)."""
+        with self._lock:
+            if not pend.done:
+                pend.event = threading.Event()
+        if pend.event is not None and not pend.event.wait(self.params.timeout_ms / 1000):
+            self._forget(pend)  # a late response is now unmatched and gets dropped
+            with self._lock:
+                timed_out = not pend.done
+            if timed_out:
+                raise TransportError(
+                    "timeout",
+                    f"device {pend.dev_num}: no response to {type(msg).__name__} within "
+                    f"{self.params.timeout_ms} ms",
+                )
+
+    def _forget(self, pend: Pending) -> None:
         with self._lock:
             if self._pending.get(pend.token) is pend:
                 del self._pending[pend.token]
@@ -360,8 +352,8 @@ class LoopbackBus:
                 entry = self._devices.get(dev_num)
             if entry is None:
                 raise TransportError("unroutable", f"device {dev_num} is not on {self.name}")
-            data = self.adapter.encode(msg)
-            self.sent[label(msg)] += 1
+            data = self._encode(msg)
+            self._sent[type(msg)] += 1
             try:
                 entry.channel.deliver(data)
             except VirtioMsgError as exc:
@@ -376,47 +368,62 @@ class LoopbackBus:
     def receive(self, data: bytes | bytearray | memoryview, channel: Channel) -> None:
         """Take one message from a backend: a response, an event or a bus message."""
         try:
-            msg = self.adapter.decode(data)
+            msg = self._decode(data)
         except MalformedMessage as exc:
             self.dropped["malformed"] += 1  # discarded; a request it answered times out
             log.debug("%s: dropped malformed message: %s", self.name, exc)
             return
-        kind = _KIND.get(type(msg), _BUS)
-        if kind is _RESPONSE:
-            self._receive_response(msg, channel)
-        elif kind is _EVENT:
-            self._receive_event(msg, channel)
-        elif kind is _REQUEST:
-            self.dropped["request-from-backend"] += 1
-        else:
-            self._receive_bus(msg, channel)
-
-    def _receive_response(self, msg: Message, channel: Channel) -> None:
+        cls = type(msg)
+        kind = KIND.get(cls, BUS)
+        if kind is not RESPONSE:
+            if kind is EVENT:
+                self._receive_event(msg, channel)
+            elif kind is REQUEST:
+                self.dropped["request-from-backend"] += 1
+            else:
+                self._receive_bus(msg, channel)
+            return
+        # A response (the hot path, inline).  It completes the request in flight
+        # with its token (linux-rfc1: the oldest of its device expecting its
+        # class) if that request expects this class, is for this device number
+        # and was delivered to this channel; a request in flight always belongs
+        # to a device present on the channel it was delivered to (REMOVE fails
+        # them under the same lock), so this is the owner check too.
         dev_num = msg[-2]
         with self._lock:
-            entry = self._devices.get(dev_num)
-            if entry is None or entry.channel is not channel:
-                self.dropped["response-not-from-owner"] += 1
-                return
-            msg_id = _MSG_IDS[type(msg)]
             if self._rfc1:
-                # No token: the oldest request of this device with the same id.
-                # The device answers in order, so among requests of one id the
-                # first response belongs to the first request.
                 fifo = self._fifo.get(dev_num, ())
-                pend = next((p for p in fifo if p.msg_id == msg_id), None)
+                # The device answers in order: among requests expecting one class
+                # the first response belongs to the first request.
+                pend = next((p for p in fifo if p.expect is cls), None)
             else:
                 pend = self._pending.get(msg[-1])
-            if pend is None or pend.dev_num != dev_num or pend.msg_id != msg_id:
-                self.dropped["unmatched-response"] += 1
+            if (
+                pend is None
+                or pend.expect is not cls
+                or pend.dev_num != dev_num
+                or pend.channel is not channel
+            ):
+                self._drop_response(dev_num, channel)
                 return
             if self._rfc1:
                 self._fifo[dev_num].remove(pend)
             else:
                 del self._pending[pend.token]
-            # drivers never see bus tokens (with_header, inline: this is the hot path)
-            pend.complete(_new_tuple(type(msg), msg[:-2] + (dev_num, 0)), None)
-        self.received[_LABELS.get(type(msg)) or label(msg)] += 1
+            # drivers never see bus tokens (with_header, inline)
+            pend.response = _new_tuple(cls, msg[:-2] + (dev_num, 0))
+            pend.done = True
+            if pend.event is not None:
+                pend.event.set()
+        self._received[cls] += 1
+
+    def _drop_response(self, dev_num: int, channel: Channel) -> None:
+        """Count a response that completes nothing (called with the bus lock held)."""
+        entry = self._devices.get(dev_num)
+        if entry is None or entry.channel is not channel:
+            self.dropped["response-not-from-owner"] += 1
+        else:
+            self.dropped["unmatched-response"] += 1
 
     def note_event(self, msg: Message, channel: Channel) -> None:
         """An event as it arrives, before its dispatch (which may be deferred to another thread).
@@ -435,7 +442,7 @@ class LoopbackBus:
             self.dropped[f"unexpected:{type(msg).__name__}"] += 1
             return
         dev_num = msg[-2]
-        self.received[label(msg)] += 1
+        self._received[type(msg)] += 1
         with self._lock:
             entry = self._devices.get(dev_num)
             if entry is None or entry.channel is not channel:
@@ -464,7 +471,7 @@ class LoopbackBus:
                 log.exception("%s: event handler of device %d failed", self.name, dev_num)
 
     def _receive_bus(self, msg: Message, channel: Channel) -> None:
-        self.received[label(msg)] += 1
+        self._received[type(msg)] += 1
         if type(msg) is S.EventDevice:
             self._event_device(msg, channel)
         elif type(msg) is S.Ping:
@@ -493,8 +500,8 @@ class LoopbackBus:
             log.warning("%s: EVENT_DEVICE: %s", self.name, exc)
 
     def _reply(self, channel: Channel, msg: Message) -> None:
-        channel.deliver(self.adapter.encode(msg))
-        self.sent[label(msg)] += 1
+        channel.deliver(self._encode(msg))
+        self._sent[type(msg)] += 1
 
     # --- bus messages answered by the bus -------------------------------------------------
 
@@ -557,31 +564,7 @@ class LoopbackBus:
 
 
 _new_tuple = tuple.__new__
+_perf_counter = time.perf_counter
 
-
-def label(msg: Message) -> str:
-    """The spec name of a message for statistics ("GET_CONFIG", "GET_CONFIG resp")."""
-    return _LABELS.get(type(msg), type(msg).__name__)
-
-
-_MSG_IDS: dict[type, int] = {lay.cls: lay.msg_id for lay in WireAdapter().codec.layouts()}
-_REQUEST, _RESPONSE, _EVENT, _BUS = "request", "response", "event", "bus"
-_KIND: dict[type, str] = {
-    lay.cls: _BUS
-    if lay.bus
-    else _RESPONSE
-    if lay.response
-    else _EVENT
-    if lay.msg_id & C.MSG_ID_EVENT
-    else _REQUEST
-    for lay in WireAdapter().codec.layouts()
-}
-"""How the bus routes each draft message class it receives (GenericMessage: bus)."""
-_MSG_IDS[R.EventAvailResp] = C.TransportMsg.EVENT_AVAIL  # linux-rfc1's kick acknowledgement
-_KIND[R.EventAvailResp] = _RESPONSE
-_LABELS: dict[type, str] = {
-    lay.cls: lay.name + (" resp" if lay.response else "") for lay in WireAdapter().codec.layouts()
-}
-_LABELS[R.EventAvailResp] = "EVENT_AVAIL resp"
 
 __all__ = ["DEFAULT_BASE", "DEFAULT_SIZE", "Channel", "DeviceEntry", "LoopbackBus"]

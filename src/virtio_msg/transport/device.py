@@ -40,7 +40,7 @@ from virtio_msg.errors import VirtioMsgError
 from virtio_msg.transport.model import REQUIRED_FEATURES, RING_FEATURES, VENDOR_ID, DeviceModel
 from virtio_msg.transport.params import BusParams
 from virtio_msg.virtqueue import DeviceRing, create_device_queue, is_packed
-from virtio_msg.wire import GenericMessage, Message, with_header
+from virtio_msg.wire import GenericMessage, Message
 from virtio_msg.wire import spec as S
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 _DRIVER_OK = int(C.Status.DRIVER_OK)
 _NEEDS_RESET = int(C.Status.DEVICE_NEEDS_RESET)
 
+_new_tuple = tuple.__new__
 _U32 = 0xFFFFFFFF
 _GET_CONFIG_OVERHEAD = 12  # generation, offset, length
 _EVENT_CONFIG_OVERHEAD = 16  # device_status, generation, offset, length
@@ -137,18 +138,25 @@ class DeviceTransport:
         self._lock = threading.RLock()
         self._depth = 0
         self._outbox: list[Message] = []
-        self._guard = _EngineLock(self)  # stateless (the depth is ours): one for every message
+        self._guard = _EngineLock(self)  # stateless (the depth is ours): one for every use
         self.discarded: Counter[str] = Counter()
         """Messages discarded, by reason (malformed, unsupported, wrong direction...)."""
-        self.handled: Counter[str] = Counter()
-        """Requests answered, by message class name."""
+        self._handled: Counter[type] = Counter()  # by class: no name lookup per message
         self.last_error: str | None = None
         model.transport = self
+
+    @property
+    def handled(self) -> Counter[str]:
+        """Requests answered, by message class name (a snapshot)."""
+        return Counter({cls.__name__: n for cls, n in self._handled.items()})
 
     # --- locking: events leave only after the engine lock is released -------------
 
     def _locked(self) -> _EngineLock:
-        """The engine lock; events queued under it are emitted after release."""
+        """The engine lock; events queued under it are emitted after release.
+
+        :meth:`handle` does the same inline.
+        """
         return self._guard
 
     def _event(self, msg: Message) -> None:
@@ -158,29 +166,43 @@ class DeviceTransport:
 
     def handle(self, msg: Message) -> Message | None:
         """Process one message from the driver; return its response or None."""
-        handler = _HANDLERS.get(type(msg))
+        cls = type(msg)
+        handler = _HANDLERS.get(cls)
         if handler is None:
-            kind = "generic" if isinstance(msg, GenericMessage) else type(msg).__name__
+            kind = "generic" if isinstance(msg, GenericMessage) else cls.__name__
             self.discarded[f"unsupported:{kind}"] += 1
             return None
         if msg[-2] != self.dev_num:
             self.discarded["wrong-dev_num"] += 1
             return None
-        with self._guard:  # _locked(), without the call
+        # What ``with self._locked():`` does, inline (no Python frame for the guard):
+        # hold the lock, and flush the events queued under it once it is released.
+        self._lock.acquire()
+        self._depth += 1
+        try:
             try:
                 resp = handler(self, msg)
             except VirtioMsgError as exc:
-                self._fail_locked(f"{type(msg).__name__}: {exc}")
+                self._fail_locked(f"{cls.__name__}: {exc}")
                 resp = None
             except Exception as exc:  # a device model bug must not take the bus down
-                log.exception("device %d: model raised on %s", self.dev_num, type(msg).__name__)
-                self._fail_locked(f"model error on {type(msg).__name__}: {exc!r}")
+                log.exception("device %d: model raised on %s", self.dev_num, cls.__name__)
+                self._fail_locked(f"model error on {cls.__name__}: {exc!r}")
                 resp = None
+        finally:
+            self._depth -= 1
+            if self._outbox and not self._depth:
+                out, self._outbox = self._outbox, []
+                self._lock.release()
+                for event in out:
+                    self.emit(event)
+            else:
+                self._lock.release()
         if resp is None:
             return None
-        self.handled[type(msg).__name__] += 1
+        self._handled[cls] += 1
         # DEV-29: the request's token is copied into the response; DEV-26: own dev_num.
-        return with_header(resp, self.dev_num, msg[-1])
+        return _new_tuple(type(resp), resp[:-2] + (self.dev_num, msg[-1]))  # with_header
 
     # --- requests ----------------------------------------------------------------------
 

@@ -102,12 +102,16 @@ class DriverTransport:
 
     # --- running procedures -------------------------------------------------------
 
+    def _refuse(self) -> None:
+        """Raise why no request may start: the device was removed, or is broken."""
+        if self.removed:
+            raise TransportError("removed", f"device {self.dev_num} was removed")
+        raise DeviceBroken(f"device {self.dev_num} is broken: {self.broken}")
+
     def _run(self, proc: Proc[T], *, recovering: bool = False) -> T:
         with self._lock:
-            if self.removed:
-                raise TransportError("removed", f"device {self.dev_num} was removed")
-            if self.broken and not recovering:
-                raise DeviceBroken(f"device {self.dev_num} is broken: {self.broken}")
+            if self.removed or (self.broken and not recovering):
+                self._refuse()
             try:
                 req = next(proc)
                 while True:
@@ -133,8 +137,23 @@ class DriverTransport:
         return self._run(self.engine.get_device_info())
 
     def get_status(self) -> int:
-        """Current device status."""
-        return self._run(self.engine.get_status())
+        """Current device status.
+
+        The engine's :meth:`~DriverEngine.get_status` procedure in one step,
+        without a generator (status polls are the most frequent request):
+        the same request, the same checks (:meth:`DriverEngine.take_status`)
+        and the same sticky failure as :meth:`_run`.
+        """
+        engine = self.engine
+        with self._lock:
+            if self.removed or self.broken:
+                self._refuse()
+            try:
+                return engine.take_status(self._request(engine.status_request))
+            except TransportError as exc:
+                if exc.kind != "features":
+                    self.broken = str(exc)
+                raise
 
     def set_status(self, status: int) -> int:
         """Write the device status; returns what the device reports."""

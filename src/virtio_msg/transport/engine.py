@@ -118,21 +118,31 @@ class DriverEngine:
         self.offered_features = 0
         self.negotiated_features = 0
         self.discarded: Counter[str] = Counter()
+        self.status_request = S.GetDeviceStatus(dev_num=dev_num)
+        """GET_DEVICE_STATUS for this device: immutable, so built once (see :meth:`take_status`)."""
 
     # --- plumbing -------------------------------------------------------------------
 
     def _call(self, req: Message, expect: type) -> Proc[Any]:
         resp: Any = yield with_header(req, self.dev_num, 0)
         got = type(resp)
+        if got is not expect or resp[-2] != self.dev_num:
+            self.violation(req, resp, expect)
+        return resp
+
+    def violation(self, req: Message, resp: Message, expect: type) -> None:
+        """Raise the ProtocolViolation for ``resp``, which does not answer ``req``.
+
+        Called only after the one check every response gets (its class is
+        ``expect`` and it carries this device's number), here and in the
+        runner's one-request fast path; this names what was wrong.
+        """
+        got = type(resp)
         if got is not expect:
             raise ProtocolViolation(
                 f"device {self.dev_num}: {type(req).__name__} answered with {got.__name__}"
             )
-        if resp.dev_num != self.dev_num:
-            raise ProtocolViolation(
-                f"device {self.dev_num}: response carries dev_num {resp.dev_num}"
-            )
-        return resp
+        raise ProtocolViolation(f"device {self.dev_num}: response carries dev_num {resp[-2]}")
 
     @property
     def _room(self) -> int:
@@ -176,8 +186,18 @@ class DriverEngine:
 
     def get_status(self) -> Proc[int]:
         """GET_DEVICE_STATUS."""
-        r = yield from self._call(S.GetDeviceStatus(), S.GetDeviceStatusResp)
-        self.status = int(r.status) & 0xFF
+        return self.take_status((yield self.status_request))
+
+    def take_status(self, resp: Message) -> int:
+        """Check and apply the answer to :attr:`status_request`; the status it reports.
+
+        :meth:`get_status` in one step, for runners that send
+        :attr:`status_request` themselves (no generator per request): the
+        same check (:meth:`violation`) and the same result.
+        """
+        if type(resp) is not S.GetDeviceStatusResp or resp[-2] != self.dev_num:
+            self.violation(self.status_request, resp, S.GetDeviceStatusResp)
+        self.status = int(resp[0]) & 0xFF
         return self.status
 
     def set_status(self, status: int) -> Proc[int]:
