@@ -119,3 +119,32 @@ def test_responses_for_other_threads_are_read_when_their_leader_stops() -> None:
         assert failures == []
         channel = h.server.channels()[0]
         assert channel.responses_received == channel.requests_sent
+
+
+def test_drv37_config_event_is_known_before_the_response_after_it_completes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DRV-37: an EVENT_CONFIG read before a response marks the config stale by then.
+
+    The event pump is held, so the event's dispatch has not happened when the
+    response completes the request: the channel's reader (or the leader) must
+    tell the driver transport as it validates the event.
+    """
+    with bus_harness(BusParams(timeout_ms=3000), SocketLimits(lead_window_ms=10.0)) as h, \
+            connect(h.path) as c:
+        device = c.serve(0, RngDevice())
+        entry = h.bus.device(0)
+        assert entry is not None and entry.driver is not None
+        entry.transport.get_status()
+        engine = entry.transport.engine
+        assert not engine.config_stale
+        held: list[tuple[Any, bytes]] = []
+        dispatch = h.server.queue_event
+        monkeypatch.setattr(h.server, "queue_event", lambda ch, data: held.append((ch, data)))
+        device.needs_reset("test: config changed")  # EVENT_CONFIG, sent before the request
+        entry.transport.get_status()  # its response follows the event on the socket
+        assert len(held) == 1
+        assert engine.config_stale
+        monkeypatch.undo()
+        for ch, data in held:
+            dispatch(ch, data)
