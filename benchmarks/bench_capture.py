@@ -1,12 +1,14 @@
 """Cost of capture on the bus path: round trips with and without ``--capture``.
 
-Run: ``python benchmarks/bench_capture.py [--channel in-process|socket] [--requests N]
-[--rounds R] [--json]``
+Run: ``python benchmarks/bench_capture.py [--channel in-process|socket|kernel]
+[--requests N] [--rounds R] [--json]``
 
 Two buses with an rng device each, one recording to a pcapng file in a
 temporary folder, one not (``--channel socket``: each bus serves a Unix socket
 and the rng is served by a backend client of this process, so the capture is
-the bus's ``bus --capture`` tap on the socket channel); GET_DEVICE_STATUS
+the bus's ``bus --capture`` tap on the socket channel; ``--channel kernel``:
+``backend --kernel`` against the emulated seed loopback, recording the raw
+44-byte buffers as ``backend --kernel --capture`` does); GET_DEVICE_STATUS
 round trips alternate between them in R rounds of N requests, so both see the
 same machine load. The figure is the median time per round trip with capture,
 next to the same without capture (the baseline) as a ratio. Each round trip
@@ -29,6 +31,8 @@ from pathlib import Path
 from virtio_msg.bus import LoopbackBus, loopback_pair
 from virtio_msg.bus.capture import BusCapture, CaptureWriter
 from virtio_msg.bus.client import connect
+from virtio_msg.bus.kernel import KernelChannel
+from virtio_msg.bus.kernel_emulation import SeedLoopback
 from virtio_msg.bus.socket import SocketServer
 from virtio_msg.devices import RngDevice
 from virtio_msg.transport import BusParams
@@ -67,6 +71,26 @@ def make_socket(
     return close, entry.transport
 
 
+def make_kernel(capture: CaptureWriter | None) -> tuple[Callable[[], None], DriverTransport]:
+    """``backend --kernel`` against the emulated seed loopback, serving rng; (close, transport).
+
+    The requests come from the emulation's driver side (standing in for the
+    kernel's virtio drivers) and cross the kernel channel as 44-byte buffers;
+    with ``capture`` the channel records each raw buffer, as ``--capture`` does.
+    """
+    kernel = SeedLoopback(size=1 << 20, timeout_s=2.0)
+    channel = KernelChannel(kernel, kernel.bus.region.base, 1 << 20, capture=capture)
+    channel.serve(0, RngDevice())
+    entry = kernel.bus.device(0)
+    assert entry is not None and entry.error is None
+
+    def close() -> None:
+        channel.close()
+        kernel.close()
+
+    return close, entry.transport
+
+
 def per_request(transport: DriverTransport, n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
@@ -76,7 +100,9 @@ def per_request(transport: DriverTransport, n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--channel", choices=["in-process", "socket"], default="in-process")
+    parser.add_argument(
+        "--channel", choices=["in-process", "socket", "kernel"], default="in-process"
+    )
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--json", action="store_true")
@@ -86,6 +112,9 @@ def main() -> None:
         if args.channel == "socket":
             close_plain, plain = make_socket(None, Path(tmp) / "plain.sock")
             close_cap, captured = make_socket(writer, Path(tmp) / "cap.sock")
+        elif args.channel == "kernel":
+            close_plain, plain = make_kernel(None)
+            close_cap, captured = make_kernel(writer)
         else:
             plain_bus, plain = make(None)
             cap_bus, captured = make(writer)
@@ -114,7 +143,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(figure))
     else:
-        where = "in process" if args.channel == "in-process" else "over a socket (same process)"
+        where = {"in-process": "in process", "socket": "over a socket (same process)",
+                 "kernel": "through the kernel channel (emulated seed loopback)"}[args.channel]
         print(f"{args.rounds} rounds x {args.requests} GET_DEVICE_STATUS round trips {where}")
         print(f"without capture: {b * 1e6:.2f} us per request (baseline)")
         print(f"with capture:    {c * 1e6:.2f} us per request, ratio {c / b:.3f}")
