@@ -128,6 +128,8 @@ def test_requests_from_many_threads_complete(lead_ms: float) -> None:
             t.join(WAIT)
         assert failures == []
         assert h.bus.dropped == {}
+        channel = h.server.channels()[0]  # no response was left unread behind a leader
+        assert channel.responses_received == channel.requests_sent
 
 
 @pytest.mark.parametrize("lead_ms", [0.0, 10.0])

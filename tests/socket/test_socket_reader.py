@@ -93,34 +93,6 @@ def test_what_arrives_after_the_last_leader_is_read_by_the_reader(
         assert channel.received["event"] == events + 1
 
 
-def test_responses_for_other_threads_are_read_when_their_leader_stops() -> None:
-    """Many requesters, one leader at a time: nobody waits for a response left unread."""
-    with bus_harness(BusParams(timeout_ms=3000), SocketLimits(lead_window_ms=10.0)) as h, \
-            connect(h.path) as c:
-        for n in range(3):
-            c.serve(n, RngDevice())
-        failures: list[BaseException] = []
-
-        def work(n: int) -> None:
-            entry = h.bus.device(n)
-            assert entry is not None
-            try:
-                for _ in range(300):
-                    entry.transport.get_status()
-            except BaseException as exc:
-                failures.append(exc)
-
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(WAIT * 2)
-        assert not any(t.is_alive() for t in threads)
-        assert failures == []
-        channel = h.server.channels()[0]
-        assert channel.responses_received == channel.requests_sent
-
-
 def test_drv37_config_event_is_known_before_the_response_after_it_completes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
