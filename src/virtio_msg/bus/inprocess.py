@@ -7,9 +7,17 @@ recorded before they are handed on.  A backend
 that answers synchronously completes each request before ``deliver`` returns,
 which makes every test deterministic; a backend may also answer later from
 another thread (the bus waits, bounded by its timeout).
+
+Without a capture, a connected channel's two directions *are* the other
+side's entry points (``deliver`` is the backend's bound ``deliver``, ``send``
+a partial of the bus's ``receive``): no Python frame of the channel's own on
+a round trip.  :meth:`close` rebinds both to methods that drop the message.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 from virtio_msg.bus.backend import Backend
 from virtio_msg.bus.capture import ChannelKind, ChannelTap
@@ -18,6 +26,11 @@ from virtio_msg.bus.loopback import LoopbackBus
 
 class InProcessChannel:
     """Connects one :class:`Backend` to one :class:`LoopbackBus` in this process."""
+
+    deliver: Callable[[bytes], None]
+    """Channel (bus -> backend): hand a message to the backend (dropped once closed)."""
+    send: Callable[[bytes], None]
+    """BusPort (backend -> bus): hand a response or event to the bus (dropped once closed)."""
 
     def __init__(self, bus: LoopbackBus, backend: Backend) -> None:
         """Attach ``backend`` to ``bus`` (both directions)."""
@@ -31,30 +44,35 @@ class InProcessChannel:
             else None
         )
         """Where this channel records its messages (None: capture is off)."""
+        if self.tap is None:  # the other side's entry points themselves (see the module doc)
+            self.deliver = backend.deliver
+            self.send = functools.partial(bus.receive, channel=self)
+        else:
+            self.deliver = self._deliver_recorded
+            self.send = self._send_recorded
         bus.attach(self)
         backend.attach(self)
 
-    # Channel (bus -> backend)
-    def deliver(self, data: bytes) -> None:
-        """Hand a message to the backend."""
-        if self.connected:
-            if self.tap is not None:
-                self.tap.down(data)
-            self.backend.deliver(data)
+    def _deliver_recorded(self, data: bytes) -> None:
+        if self.tap is not None:
+            self.tap.down(data)
+        self.backend.deliver(data)
+
+    def _send_recorded(self, data: bytes) -> None:
+        if self.tap is not None:
+            self.tap.up(data)
+        self.bus.receive(data, self)
+
+    @staticmethod
+    def _drop(_data: bytes) -> None:
+        """A closed channel: the message goes nowhere."""
 
     def close(self) -> None:
         """Disconnect: the bus forgets the backend's devices."""
         if self.connected:
             self.connected = False
+            self.deliver = self.send = self._drop
             self.bus.detach(self)
-
-    # BusPort (backend -> bus)
-    def send(self, data: bytes) -> None:
-        """Hand a response or event to the bus."""
-        if self.connected:
-            if self.tap is not None:
-                self.tap.up(data)
-            self.bus.receive(data, self)
 
     def add(self, dev_num: int) -> None:
         """ADD a device number on the bus."""

@@ -284,14 +284,14 @@ class LoopbackBus:
             channel = entry.channel
             if self._rfc1:
                 token = 0
-                pend = Pending(dev_num, EXPECT[cls], 0, channel)
+                pend = Pending(dev_num=dev_num, expect=EXPECT[cls], token=0, channel=channel)
                 self._fifo[dev_num].append(pend)
             else:
                 token = self._next_token  # _alloc_token's first step, inline
                 self._next_token = token % 0xFFFF + 1
                 if token in self._pending:
                     token = self._alloc_token()
-                pend = Pending(dev_num, EXPECT[cls], token, channel)
+                pend = Pending(dev_num=dev_num, expect=EXPECT[cls], token=token, channel=channel)
                 self._pending[token] = pend
         try:
             data = self._encode(_new_tuple(cls, msg[:-2] + (msg[-2], token)))
@@ -410,8 +410,9 @@ class LoopbackBus:
                 self._fifo[dev_num].remove(pend)
             else:
                 del self._pending[pend.token]
-            # drivers never see bus tokens (with_header, inline)
-            pend.response = _new_tuple(cls, msg[:-2] + (dev_num, 0))
+            # As decoded: the engine reads the fields and dev_num, never the token
+            # (drivers never see messages at all), so no header rewrite here.
+            pend.response = msg
             pend.done = True
             if pend.event is not None:
                 pend.event.set()

@@ -14,6 +14,7 @@ into names only when read (:func:`by_label`).
 from __future__ import annotations
 
 import threading
+import types
 from collections import Counter
 
 import virtio_msg.spec as C
@@ -24,8 +25,8 @@ from virtio_msg.wire import spec as S
 from virtio_msg.wire.translate import WireAdapter
 
 
-class Pending:
-    """One request in flight.
+class Pending(types.SimpleNamespace):
+    """One request in flight: ``Pending(dev_num=, expect=, token=, channel=)``.
 
     ``expect`` is the one response class that answers it, ``channel`` the
     channel it was delivered to (compared by identity only): a response
@@ -33,21 +34,23 @@ class Pending:
     from that channel.  ``done`` and the fields it guards change under the
     bus lock; ``event`` is only created when the requester really has to
     wait (an in-process backend usually answers before ``deliver`` returns).
+
+    A namespace, not a class with an ``__init__``: the bus makes one per
+    request, and the namespace's constructor stores the four fields in C
+    (no Python frame); the outcome fields start as the class defaults.
+    Records compare by identity (the bus finds and removes *this* request
+    in a device's FIFO), not by their fields as namespaces do.
     """
 
-    # No __slots__: the outcome fields start as these class defaults, so a new
-    # record stores only what the request knows (the hot path makes one per request).
+    dev_num: int
+    expect: type
+    token: int
+    channel: object
     done = False
     event: threading.Event | None = None
     response: Message | None = None
     error: TransportError | None = None
-
-    def __init__(self, dev_num: int, expect: type, token: int, channel: object) -> None:
-        """A request to ``dev_num`` with ``token``, answered by an ``expect`` from ``channel``."""
-        self.dev_num = dev_num
-        self.expect = expect
-        self.token = token
-        self.channel = channel
+    __eq__ = object.__eq__
 
     def complete(self, response: Message | None, error: TransportError | None) -> None:
         """Record the one outcome (call with the bus lock held) and wake the requester."""
