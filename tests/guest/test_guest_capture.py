@@ -133,6 +133,27 @@ def test_a_ring_comes_out_as_the_same_ring(tmp_path: Path) -> None:
     assert {n: ring_path(dest, n).read_bytes() for n in range(3)} == parts
 
 
+def test_the_copy_out_reports_its_pace_and_a_bad_timing_line_costs_only_the_figure(
+    tmp_path: Path,
+) -> None:
+    config = _request(tmp_path)
+    Path(str(config["path"])).write_bytes(bytes(range(256)) * 40)
+    out = io.StringIO()
+    assert emit_capture(config, out) == 1
+    text = out.getvalue()
+    timing = capture_out.copy_time(_as_serial(text))
+    assert timing is not None and timing[0] == 10240 and timing[1] >= 0
+    ok, detail = save_captures(_as_serial(text), tmp_path / "a.pcapng")
+    assert ok and f"10240 bytes copied out over the serial console in {timing[1]:.1f} s" in detail
+    body = [line for line in text.splitlines() if not line.startswith(capture_out.TIME)]
+    for bad in ("{not json", '{"bytes": 10240}', '{"bytes": 5, "seconds": 1.0}',
+                '{"bytes": 10240, "seconds": -1}'):
+        damaged = "\n".join([*body, f"{capture_out.TIME} {bad}"])
+        ok, detail = save_captures(damaged, tmp_path / "b.pcapng")
+        assert ok and "10240 bytes copied out over the serial console to" in detail, bad
+    assert (tmp_path / "b.pcapng").read_bytes() == bytes(range(256)) * 40
+
+
 def test_damaged_or_truncated_copies_are_refused_with_a_reason(tmp_path: Path) -> None:
     config = _request(tmp_path)
     Path(str(config["path"])).write_bytes(bytes(range(256)) * 4)

@@ -7,7 +7,8 @@ inside the guest :func:`backend_args` turns it into the ``--capture`` options
 of ``virtio-msg backend --kernel``, and after the backend has stopped (its
 capture file closed) :func:`emit_capture` prints each file of the capture
 ring as a ``VMSG-CAPTURE-BEGIN {json}`` line (index, size, SHA-256), base64
-lines prefixed ``VMSG-CAP`` and ``VMSG-CAPTURE-END``, or one
+lines prefixed ``VMSG-CAP`` and ``VMSG-CAPTURE-END``, then a
+``VMSG-CAPTURE-TIME {json}`` line with how long printing took, or one
 ``VMSG-CAPTURE-NONE reason`` line when there is nothing to send.  On the host
 :func:`extract_captures` finds those blocks in the console text (kernel
 messages may interleave: only prefixed lines count), checks size and digest,
@@ -24,6 +25,7 @@ import hashlib
 import json
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -38,6 +40,8 @@ BEGIN: Final = "VMSG-CAPTURE-BEGIN"
 LINE: Final = "VMSG-CAP"
 END: Final = "VMSG-CAPTURE-END"
 NONE: Final = "VMSG-CAPTURE-NONE"
+TIME: Final = "VMSG-CAPTURE-TIME"
+"""After the blocks: ``{"bytes": N, "seconds": S}``, how long the guest took to print them."""
 CHUNK: Final = 57
 """Bytes per base64 line (76 characters)."""
 _BLOCK: Final = re.compile(
@@ -95,7 +99,8 @@ def emit_capture(config: dict[str, Any], out: TextIO | None = None, reason: str 
     """
     out = out or sys.stdout
     path = Path(config["path"])
-    sent = 0
+    sent = total = 0
+    t0 = time.monotonic()
     if not reason:
         for n in range(int(config["files"]) - 1, -1, -1):  # oldest first
             part = ring_path(path, n)
@@ -113,6 +118,11 @@ def emit_capture(config: dict[str, Any], out: TextIO | None = None, reason: str 
             out.write(f"{END}\n")
             out.flush()
             sent += 1
+            total += len(data)
+        if sent:  # the console blocks while its buffer is full: this is the copy-out's pace
+            timing = {"bytes": total, "seconds": round(time.monotonic() - t0, 3)}
+            out.write(f"{TIME} {json.dumps(timing)}\n")
+            out.flush()
         if not sent and not reason:
             reason = f"the backend wrote no capture at {path}"
     if reason:
@@ -162,6 +172,23 @@ def extract_captures(text: str) -> tuple[list[GuestCapture], str | None]:
     return found, none
 
 
+def copy_time(text: str) -> tuple[int, float] | None:
+    """(bytes, seconds) of the guest's last :data:`TIME` line in ``text``; None if none is valid."""
+    found = None
+    for raw in text.splitlines():
+        line = raw.strip("\r")
+        if not line.startswith(TIME + " "):
+            continue
+        try:
+            got = json.loads(line[len(TIME) + 1 :])
+            size, seconds = int(got["bytes"]), float(got["seconds"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a damaged timing line costs the figure, not the capture
+        if size >= 0 and 0 <= seconds < 1e6:
+            found = (size, seconds)
+    return found
+
+
 def _meta(text: str) -> dict[str, Any]:
     try:
         raw = json.loads(text)
@@ -203,7 +230,13 @@ def save_captures(text: str, dest: Path) -> tuple[bool, str]:
         return False, f"cannot write {dest}: {exc.strerror or exc}"
     total = sum(len(f.data) for f in files)
     names = ", ".join(str(ring_path(dest, f.index)) for f in sorted(files, key=lambda f: f.index))
-    return True, f"{total} bytes copied out over the serial console to {names}"
+    pace = ""
+    timing = copy_time(text)
+    if timing is not None and timing[0] == total:
+        seconds = timing[1]
+        rate = f", {total / seconds / 1000:.1f} kB/s" if seconds > 0 else ""
+        pace = f" in {seconds:.1f} s{rate}"
+    return True, f"{total} bytes copied out over the serial console{pace} to {names}"
 
 
 __all__ = [
@@ -213,6 +246,7 @@ __all__ = [
     "GuestCapture",
     "backend_args",
     "config_file",
+    "copy_time",
     "emit_capture",
     "extract_captures",
     "load_config",
