@@ -10,6 +10,7 @@ returned byte, exception type and message, the pool's bytes and counters.
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import re
 import subprocess
@@ -289,3 +290,34 @@ print("collected")
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "collected"
+
+
+def test_bench_pool_native_prints_compiled_figures_as_json(bounce: ModuleType) -> None:
+    bench = LOADER.parent.parent / "bench_pool.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--native", "--json", "--rounds", "1", "--budget", "0.001"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = [json.loads(line) for line in done.stdout.splitlines()]
+    names = {f["name"] for f in figures}
+    for size in (4, 64, 256):
+        for label in ("to-device", "bidirectional"):
+            assert f"pool bounce {size} KiB {label}" in names
+            assert f"pool bounce {size} KiB {label} (compiled prototype)" in names
+    keys = {"name", "value", "unit", "baseline", "ratio", "target", "met", "loadavg"}
+    assert all(set(f) == keys and f["ratio"] > 0 for f in figures)
+
+
+def test_bench_blk_pool_reads_through_both_pools(bounce: ModuleType) -> None:
+    # The blk benchmark checks itself that both stacks read the image's bytes and
+    # that the compiled pool carried the reads; here it runs on a tiny image.
+    done = subprocess.run(
+        [sys.executable, "-m", "native.bench_blk_pool", "--size-mib", "1", "--ops", "20",
+         "--repeat", "1", "--json"],
+        cwd=LOADER.parent.parent, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    names = [json.loads(line)["name"] for line in done.stdout.splitlines()]
+    assert names == [f"blk {w} inprocess ({pool})" for w in ("seq-read-64k", "rand-read-4k-qd1")
+                     for pool in ("DmaPool", "compiled pool prototype")]
