@@ -4,33 +4,100 @@ Strategy: for each message class the codec builds, once, a small encoder
 function specialised to that class's layout, its header format and the bus's
 maximum size (the way ``collections.namedtuple`` generates code): the fields
 are unpacked by position and packed with one precompiled ``struct.Struct``,
-with the header constants inlined.  An encoder returns ``None`` whenever
-anything is unusual (a value out of range, a tail that disagrees with its
-count, a message too large); the codec then takes its general path, which
-raises the precise :class:`~virtio_msg.errors.EncodeError`.  The decode fast
-path is a closure over the codec's tables for the same reason: the checks of
-the general path are repeated in one expression, and anything unusual falls
-back to it.  Nothing here decides validity on its own.
+with the header constants inlined.  Each layout with a variable tail also gets
+a generated payload decoder, specialised the same way; fixed layouts are
+decoded inline by the codec's one decode function, from a table entry that
+holds everything that depends only on the message key.  Whenever anything is
+unusual (a value out of range, a tail that disagrees with its count, a message
+too large, a short buffer) a fast path hands the *whole* message to the
+codec's general path, which repeats every check and raises the precise
+:class:`~virtio_msg.errors.EncodeError` or
+:class:`~virtio_msg.errors.MalformedMessage`.  Nothing here decides validity
+on its own: a fast path only ever returns what the general path would.
 """
 
 from __future__ import annotations
 
-import functools
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any, Final
 
 from virtio_msg.wire._layout import Layout, Tail
 
 TAIL_STRUCTS: Final = 64
-"""Tail lengths whose precompiled struct a layout keeps (the common ones are few)."""
+"""Tail lengths whose precompiled struct a cache keeps (the common ones are few)."""
 
-Encoder = Callable[[Any], bytes | None]
+Encoder = Callable[[Any], bytes]
 Decoder = Callable[[Any], Any]
 
 
-def make_encoder(lay: Layout, header_fmt: str, has_token: bool, max_size: int) -> Encoder | None:
-    """Return a specialised encoder for ``lay``, or None if it can never fit."""
+class TailCache:
+    """Precompiled struct methods per length, built on first use, at most ``limit`` kept.
+
+    ``template`` is a struct format with one ``{}`` for the tail's item count;
+    the cache is keyed by a length in bytes (``offset`` plus ``unit`` bytes per
+    item); :meth:`build` returns None for a length no tail can have (negative,
+    not a whole number of items, above ``most``).  Lengths come from peers, so
+    the cache is bounded: past ``limit`` lengths a struct is built per use.
+    """
+
+    __slots__ = ("_build_lock", "_cache", "get", "limit", "method", "most", "offset", "template",
+                 "unit")
+
+    def __init__(
+        self, template: str, method: str, *, unit: int = 1, offset: int = 0,
+        most: int = 1 << 32, limit: int = TAIL_STRUCTS,
+    ) -> None:
+        """Describe the structs (``method`` is ``"pack"`` or ``"unpack_from"``)."""
+        self.template = template
+        self.method = method
+        self.unit = unit
+        self.offset = offset
+        self.most = most
+        self.limit = limit
+        self._cache: dict[int, Callable[..., Any]] = {}
+        self._build_lock = threading.Lock()
+        self.get = self._cache.get
+        """``get(length)``: the cached struct method, or None (then call :meth:`build`)."""
+
+    def __len__(self) -> int:
+        """How many lengths are cached."""
+        return len(self._cache)
+
+    def build(self, length: Any) -> Callable[..., Any] | None:
+        """Return (and cache, while there is room) the struct method for ``length``."""
+        if length.__class__ is not int:
+            return None
+        items, rest = divmod(length - self.offset, self.unit)
+        if items < 0 or rest or length > self.most:
+            return None
+        fn: Callable[..., Any] = getattr(struct.Struct(self.template.format(items)), self.method)
+        with self._build_lock:
+            if len(self._cache) < self.limit:
+                fn = self._cache.setdefault(length, fn)
+        return fn
+
+
+def _count_ok(lay: Layout, count: str, length: str) -> str:
+    """The condition, as source, that a tail of ``length`` bytes agrees with ``count``."""
+    if lay.tail is Tail.U32_ARRAY:
+        return f"{count} * 4 == {length}"
+    if lay.tail is Tail.BYTES_EXACT:
+        return f"{count} == {length}"
+    if lay.tail is Tail.BYTES_OPTIONAL:
+        return f"({count} == {length} or not {length})"
+    return f"({count} + 7) >> 3 == {length}"
+
+
+def make_encoder(
+    lay: Layout, header_fmt: str, has_token: bool, max_size: int, slow: Encoder
+) -> Encoder | None:
+    """Return a specialised encoder for ``lay``, or None if it can never fit.
+
+    The encoder returns the message's bytes, or ``slow(msg)`` for anything
+    its specialised checks do not accept.
+    """
     full = struct.Struct("<" + header_fmt + lay.fmt.lstrip("<"))
     base = full.size
     if base > max_size:
@@ -40,184 +107,207 @@ def make_encoder(lay: Layout, header_fmt: str, has_token: bool, max_size: int) -
     fixed = names[: lay.nfixed]
     lines = ["def enc(msg):", f"    {', '.join([*names, 'dev_num', 'token'])}, = msg"]
     if lay.bus:
-        lines.append("    if dev_num: return None")
+        lines.append("    if dev_num != 0: return _slow(msg)")
     if not has_token:
-        lines.append("    if token: return None")
+        lines.append("    if token != 0: return _slow(msg)")
     for pos, size in lay.sized_bytes:
-        lines.append(f"    if f{pos}.__class__ is not bytes or len(f{pos}) != {size}: return None")
+        lines.append(
+            f"    if f{pos}.__class__ is not bytes or len(f{pos}) != {size}: return _slow(msg)"
+        )
     head = f"{lay.type_bits}, {lay.msg_id}, dev_num, " + ("token, " if has_token else "")
+    catch = "    except (_error, TypeError, OverflowError):"
+    tails: TailCache | None = None
     if lay.tail is Tail.NONE:
         args = ", ".join([*fixed])
         lines += [
             "    try:",
             f"        return _pack({head}{base}{', ' if args else ''}{args})",
-            "    except (_error, TypeError, OverflowError):",
-            "        return None",
+            catch,
+            "        pass",
         ]
     else:
-        # One precompiled struct per tail length (header, fixed part and tail in one
-        # format, like the bare baseline): one pack call, no concatenation.
+        # One precompiled struct per message size (header, fixed part and tail in one
+        # format, like the bare baseline): one pack call, no concatenation.  Sizes
+        # above max_size never get a struct, so a cached one needs no size check.
         tail = names[-1]
         count = f"f{lay.count_index}"
-        args = ", ".join([*fixed, f"*{tail}" if lay.tail is Tail.U32_ARRAY else tail])
-        if lay.tail is Tail.U32_ARRAY:
+        u32 = lay.tail is Tail.U32_ARRAY
+        args = ", ".join([*fixed, f"*{tail}" if u32 else tail])
+        if u32:
             lines += [
-                f"    if {tail}.__class__ is not tuple or len({tail}) != {count}: return None",
-                f"    size = {base} + 4 * {count}",
+                # (pack checks the number of words against the struct the count chose)
+                f"    if {tail}.__class__ is tuple:",
+                "        try:",
+                f"            size = {base} + 4 * {count}",
             ]
         else:
             lines += [
-                f"    if {tail}.__class__ is not bytes: return None",
-                f"    n = len({tail})",
+                f"    if {tail}.__class__ is bytes:",
+                f"        n = len({tail})",
+                "        try:",
+                f"            if {_count_ok(lay, count, 'n')}:",
+                f"                size = {base} + n",
             ]
-            if lay.tail is Tail.BYTES_EXACT:
-                lines.append(f"    if n != {count}: return None")
-            elif lay.tail is Tail.BYTES_OPTIONAL:
-                lines.append(f"    if n and n != {count}: return None")
-            else:
-                lines.append(f"    if n != ({count} + 7) >> 3: return None")
-            lines.append(f"    size = {base} + n")
-        length = f"{count}" if lay.tail is Tail.U32_ARRAY else "n"
+        pad = "            " if u32 else "                "
         lines += [
-            f"    if size > {max_size}: return None",
-            "    try:",
-            f"        return _full({length}).pack({head}size, {args})",
-            "    except (_error, TypeError, OverflowError):",
-            "        return None",
+            f"{pad}pack = _get(size) or _build(size)",
+            f"{pad}if pack is not None:",
+            f"{pad}    return pack({head}size, {args})",
+            "    " + catch,
+            "            pass",
         ]
-    code = "I" if lay.tail is Tail.U32_ARRAY else "s"
-    namespace: dict[str, Any] = {
-        "_pack": full.pack,
-        "_error": struct.error,
-        "_full": tail_structs(full.format + "{}" + code),
-    }
-    exec("\n".join(lines), namespace)
+        tails = TailCache(
+            full.format + "{}" + ("I" if u32 else "s"), "pack",
+            unit=4 if u32 else 1, offset=base, most=max_size,
+        )
+    lines.append("    return _slow(msg)")
+    namespace: dict[str, Any] = {"_pack": full.pack, "_error": struct.error, "_slow": slow}
+    if tails is not None:
+        namespace.update(_get=tails.get, _build=tails.build, _tails=tails)
+    exec("\n".join(lines), namespace)  # generated from our own layout table
     encoder: Encoder = namespace["enc"]
     return encoder
 
 
-def tail_structs(template: str) -> Callable[[int], struct.Struct]:
-    """Precompiled structs of ``template`` (a format with one ``{}`` for the tail length).
+def make_key_decoder(
+    lay: Layout, header_fmt: str, has_token: bool, max_size: int, slow: Decoder
+) -> Decoder | None:
+    """Return a decoder specialised to messages of ``lay`` (None if none can fit).
 
-    Built on first use and cached per length (at most :data:`TAIL_STRUCTS` of
-    them per layout: lengths come from peers, the cache must stay bounded).
+    It is called with the whole buffer once its first two bytes have selected
+    ``lay``, and does every check of the general path in one pass: one
+    precompiled struct (header, fixed part and, for a layout with a tail, the
+    tail of that message size) unpacks everything; the checks are only those
+    that can fail for this key (``dev_num`` only for bus messages, the count
+    against the tail only with a tail).  Anything unusual goes to ``slow``
+    (the codec's general decoder), which raises the precise error.
     """
-
-    @functools.lru_cache(maxsize=TAIL_STRUCTS)
-    def build(length: int) -> struct.Struct:
-        return struct.Struct(template.format(length))
-
-    return build
-
-
-def make_tail_decoder(lay: Layout) -> Callable[[Any, int, int, int, int], Any]:
-    """Return a specialised payload decoder for a layout with a variable tail.
-
-    The fixed part and the tail are unpacked by one precompiled struct of
-    that tail length (byte tails come out as ``bytes``, no slice and copy);
-    the count is checked against the length afterwards.  Anything else goes
-    to the layout's general :meth:`~virtio_msg.wire._layout.Layout.decode_payload`,
-    which raises the precise error.
-    """
-    fixed_size = lay.fixed.size
+    full = struct.Struct("<" + header_fmt + lay.fmt.lstrip("<"))
+    need = full.size
+    if need > max_size:
+        return None
+    hs = struct.calcsize("<" + header_fmt)
+    head = ["typ", "msg_id", "dev_num", *(["token"] if has_token else []), "size"]
+    token = "token" if has_token else "0"
+    bus = " and not dev_num" if lay.bus else ""
     nfixed = lay.nfixed
-    count = f"v[{lay.count_index}]"
-    lines = [
-        "def dec(data, start, end, dev_num, token):",
-        f"    tail_len = end - start - {fixed_size}",
-        "    if tail_len < 0: return _slow(data, start, end, dev_num, token)",
-    ]
-    if lay.tail is Tail.U32_ARRAY:
-        lines += [
-            "    if tail_len & 3: return _slow(data, start, end, dev_num, token)",
-            "    v = _body(tail_len >> 2).unpack_from(data, start)",
-            f"    if {count} * 4 == tail_len:",
-            f"        return _new(_cls, v[:{nfixed}] + (v[{nfixed}:], dev_num, token))",
-        ]
-        template = lay.fixed.format + "{}I"
-    else:
-        if lay.tail is Tail.BYTES_EXACT:
-            ok = f"tail_len == {count}"
-        elif lay.tail is Tail.BYTES_OPTIONAL:
-            ok = f"(tail_len == {count} or tail_len == 0)"
-        else:
-            ok = f"tail_len == ({count} + 7) >> 3"
-        lines += [
-            "    v = _body(tail_len).unpack_from(data, start)",
-            f"    if {ok}:",
-            "        return _new(_cls, v + (dev_num, token))",
-        ]
-        template = lay.fixed.format + "{}s"
-    lines.append("    return _slow(data, start, end, dev_num, token)")
+    fields = [f"f{i}" for i in range(len(lay.payload_fields))]
     namespace: dict[str, Any] = {
-        "_body": tail_structs(template),
+        "_error": struct.error,
         "_new": tuple.__new__,
         "_cls": lay.cls,
-        "_slow": lay.decode_payload,
+        "_slow": slow,
     }
+    if lay.tail is Tail.NONE:
+        namespace["_unpack"] = full.unpack_from
+        lines = [
+            "def dec(data):",
+            "    try:",
+            f"        {', '.join([*head, *fields])}, = _unpack(data)",
+            "    except _error:",
+            "        return _slow(data)",
+            f"    if {need} <= size <= len(data) and size <= {max_size}{bus}:",
+            f"        return _new(_cls, ({', '.join([*fields, 'dev_num', token])}))",
+            "    return _slow(data)",
+        ]
+    else:
+        u32 = lay.tail is Tail.U32_ARRAY
+        tails = TailCache(
+            full.format + "{}" + ("I" if u32 else "s"), "unpack_from",
+            unit=4 if u32 else 1, offset=need, most=max_size,
+        )
+        namespace.update(_get=tails.get, _build=tails.build, _tails=tails)
+        # msg_size is the header's last u16: read it first, it selects the struct.
+        lines = [
+            "def dec(data):",
+            "    try:",
+            f"        size = data[{hs - 2}] | data[{hs - 1}] << 8",
+            "    except IndexError:",
+            "        return _slow(data)",
+            "    unpack = _get(size) or _build(size)",
+            "    if unpack is not None and size <= len(data):",
+        ]
+        count = lay.count_index
+        if u32:
+            # The words are a variable number of values: slice them off.
+            at = len(head)
+            dev = f"v[{head.index('dev_num')}]"
+            tok = f"v[{head.index('token')}]" if has_token else "0"
+            fixed = ", ".join([*(f"v[{at + i}]" for i in range(nfixed)), f"v[{at + nfixed}:]"])
+            lines += [
+                "        v = unpack(data)",
+                f"        if v[{at + count}] * 4 == size - {need}{bus.replace('dev_num', dev)}:",
+                f"            return _new(_cls, ({fixed}, {dev}, {tok}))",
+            ]
+        else:
+            lines += [
+                f"        {', '.join([*head, *fields])}, = unpack(data)",
+                "        tail_len = size - " + str(need),
+                f"        if {_count_ok(lay, f'f{count}', 'tail_len')}{bus}:",
+                f"            return _new(_cls, ({', '.join([*fields, 'dev_num', token])}))",
+            ]
+        lines.append("    return _slow(data)")
     exec("\n".join(lines), namespace)  # generated from our own layout table
-    decoder: Callable[[Any, int, int, int, int], Any] = namespace["dec"]
+    decoder: Decoder = namespace["dec"]
     return decoder
 
 
 def make_decoder(
-    header: struct.Struct,
+    header_fmt: str,
+    has_token: bool,
     max_size: int,
     by_key: dict[int, Layout],
     slow: Decoder,
 ) -> Decoder:
-    """Return the decode function of one codec: fast for valid standard messages."""
-    hs = header.size
-    unpack_header = header.unpack_from
-    new = tuple.__new__
-    # One table for both kinds: a fixed layout's (class, unpack, header + body size)
-    # or a tail decoder.  Checks that depend only on the key are done here, once:
-    # a response with the event bit set never takes the fast path.
-    table: dict[int, Any] = {
-        key: (lay.cls, lay.fixed.unpack_from, hs + lay.fixed.size)
-        if lay.tail is Tail.NONE
-        else make_tail_decoder(lay)
-        for key, lay in by_key.items()
-        if not (lay.response and lay.msg_id & 0x40)
-    }
-    get = table.get
+    """Return the decode function of one codec: fast for valid standard messages.
 
-    # Below, ``size >= hs`` needs no test of its own: a fixed layout needs
-    # ``size >= hs + body`` and a tail decoder sends ``size < hs + fixed`` to the
-    # general path.
-    if hs == 8:
+    The first two bytes (``type`` and ``msg_id``) select a decoder specialised
+    to that message key; a key with none (unknown, implementation-defined, a
+    response with the event bit set, too large for ``max_size``) and a buffer
+    shorter than two bytes go to ``slow``.
+    """
+    table: dict[int, Decoder] = {}
+    for key, lay in by_key.items():
+        if lay.response and lay.msg_id & 0x40:
+            continue  # an event is never a response: the general path names the error
+        dec = make_key_decoder(lay, header_fmt, has_token, max_size, slow)
+        if dec is not None:
+            table[key] = dec
 
-        def decode(data: Any) -> Any:
-            n = len(data)
-            if n >= 8:
-                typ, msg_id, dev_num, token, size = unpack_header(data)
-                if size <= n and size <= max_size and not (dev_num and typ & 2):
-                    entry = get((typ & 3) << 8 | msg_id)
-                    if entry.__class__ is tuple:
-                        cls, unpack_body, need = entry
-                        if size >= need:
-                            return new(cls, unpack_body(data, 8) + (dev_num, token))
-                    elif entry is not None:
-                        return entry(data, 8, size, dev_num, token)
+    def decode(data: Any) -> Any:
+        try:
+            dec = table[(data[0] & 3) << 8 | data[1]]
+        except (KeyError, IndexError):
             return slow(data)
-
-    else:
-
-        def decode(data: Any) -> Any:
-            n = len(data)
-            if n >= hs:
-                typ, msg_id, dev_num, size = unpack_header(data)
-                if size <= n and size <= max_size and not (dev_num and typ & 2):
-                    entry = get((typ & 3) << 8 | msg_id)
-                    if entry.__class__ is tuple:
-                        cls, unpack_body, need = entry
-                        if size >= need:
-                            return new(cls, unpack_body(data, hs) + (dev_num, 0))
-                    elif entry is not None:
-                        return entry(data, hs, size, dev_num, 0)
-            return slow(data)
+        return dec(data)
 
     return decode
 
 
-__all__ = ["Decoder", "Encoder", "make_decoder", "make_encoder", "make_tail_decoder"]
+def make_dispatch(encoders: dict[type, Encoder], slow: Encoder) -> Encoder:
+    """Return ``encode(msg)``: the encoder of ``msg``'s class, else ``slow``.
+
+    One dict lookup by class and one call; the specialised encoders fall
+    back to ``slow`` themselves, so nothing is checked here.
+    """
+
+    def encode(msg: Any) -> bytes:
+        try:
+            enc = encoders[msg.__class__]
+        except KeyError:
+            return slow(msg)
+        return enc(msg)
+
+    return encode
+
+
+__all__ = [
+    "TAIL_STRUCTS",
+    "Decoder",
+    "Encoder",
+    "TailCache",
+    "make_decoder",
+    "make_dispatch",
+    "make_encoder",
+    "make_key_decoder",
+]

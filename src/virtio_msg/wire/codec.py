@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, TypeAlias
 import virtio_msg.spec as C
 from virtio_msg.errors import EncodeError, MalformedMessage
 from virtio_msg.wire import rfc1, spec
-from virtio_msg.wire._fastpath import Encoder, make_decoder, make_encoder
+from virtio_msg.wire._fastpath import Encoder, make_decoder, make_dispatch, make_encoder
 from virtio_msg.wire._layout import Layout, build_registry
 
 Message: TypeAlias = Any
@@ -198,23 +198,16 @@ class Codec:
         self._by_key = info.by_key
         self._by_cls = info.by_cls
         hdr_fmt = info.header.format.lstrip("<")
+        slow_encode = self._encode_slow
         encoders: dict[type, Encoder] = {}
         for lay in info.by_key.values():
-            enc = make_encoder(lay, hdr_fmt, self.header_size == 8, max_size)
+            enc = make_encoder(lay, hdr_fmt, self.header_size == 8, max_size, slow_encode)
             if enc is not None:
                 encoders[lay.cls] = enc
-        slow_encode = self._encode_slow
-
-        def encode(msg: Message) -> bytes:
-            enc = encoders.get(msg.__class__)
-            if enc is not None:
-                out = enc(msg)
-                if out is not None:
-                    return out
-            return slow_encode(msg)
-
-        self.encode = encode
-        self.decode = make_decoder(self._hdr, max_size, self._by_key, self._decode_slow)
+        self.encode = make_dispatch(encoders, slow_encode)
+        self.decode = make_decoder(
+            hdr_fmt, self.header_size == 8, max_size, self._by_key, self._decode_slow
+        )
 
     def __repr__(self) -> str:
         """Show the profile and size."""
