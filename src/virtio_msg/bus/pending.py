@@ -14,8 +14,8 @@ into names only when read (:func:`by_label`).
 from __future__ import annotations
 
 import threading
-import types
 from collections import Counter
+from collections.abc import Mapping
 
 import virtio_msg.spec as C
 from virtio_msg.errors import TransportError
@@ -25,8 +25,8 @@ from virtio_msg.wire import spec as S
 from virtio_msg.wire.translate import WireAdapter
 
 
-class Pending(types.SimpleNamespace):
-    """One request in flight: ``Pending(dev_num=, expect=, token=, channel=)``.
+class Pending:
+    """One request in flight.
 
     ``expect`` is the one response class that answers it, ``channel`` the
     channel it was delivered to (compared by identity only): a response
@@ -34,23 +34,20 @@ class Pending(types.SimpleNamespace):
     from that channel.  ``done`` and the fields it guards change under the
     bus lock; ``event`` is only created when the requester really has to
     wait (an in-process backend usually answers before ``deliver`` returns).
-
-    A namespace, not a class with an ``__init__``: the bus makes one per
-    request, and the namespace's constructor stores the four fields in C
-    (no Python frame); the outcome fields start as the class defaults.
-    Records compare by identity (the bus finds and removes *this* request
-    in a device's FIFO), not by their fields as namespaces do.
     """
 
-    dev_num: int
-    expect: type
-    token: int
-    channel: object
-    done = False
-    event: threading.Event | None = None
-    response: Message | None = None
-    error: TransportError | None = None
-    __eq__ = object.__eq__
+    __slots__ = ("channel", "dev_num", "done", "error", "event", "expect", "response", "token")
+
+    def __init__(self, dev_num: int, expect: type, token: int, channel: object) -> None:
+        """A request to ``dev_num`` with ``token``, answered by an ``expect`` from ``channel``."""
+        self.dev_num = dev_num
+        self.expect = expect
+        self.token = token
+        self.channel = channel
+        self.done = False
+        self.event: threading.Event | None = None
+        self.response: Message | None = None
+        self.error: TransportError | None = None
 
     def complete(self, response: Message | None, error: TransportError | None) -> None:
         """Record the one outcome (call with the bus lock held) and wake the requester."""
@@ -71,7 +68,7 @@ def label_of(cls: type) -> str:
     return LABELS.get(cls, cls.__name__)
 
 
-def by_label(counts: Counter[type]) -> Counter[str]:
+def by_label(counts: Mapping[type, int]) -> Counter[str]:
     """Counts by message class -> the same counts by spec name."""
     out: Counter[str] = Counter()
     for cls, n in counts.items():
@@ -94,6 +91,8 @@ KIND: dict[type, str] = {
 }
 """How the bus routes each draft message class it receives (GenericMessage: bus)."""
 KIND[R.EventAvailResp] = RESPONSE  # linux-rfc1's kick acknowledgement
+RESPONSES = frozenset(cls for cls, kind in KIND.items() if kind is RESPONSE)
+"""The classes :data:`KIND` routes as responses."""
 LABELS: dict[type, str] = {
     lay.cls: lay.name + (" resp" if lay.response else "") for lay in _LAYOUTS
 }
@@ -107,4 +106,4 @@ EXPECT: dict[type, type] = {
 """Request class -> the one response class answering it (same id, response bit)."""
 EXPECT[S.EventAvail] = R.EventAvailResp  # linux-rfc1 answers kicks (see the bus's send_event)
 
-__all__ = ["EXPECT", "KIND", "LABELS", "Pending", "by_label", "label", "label_of"]
+__all__ = ["EXPECT", "KIND", "LABELS", "RESPONSES", "Pending", "by_label", "label", "label_of"]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -141,7 +141,8 @@ class DeviceTransport:
         self._guard = _EngineLock(self)  # stateless (the depth is ours): one for every use
         self.discarded: Counter[str] = Counter()
         """Messages discarded, by reason (malformed, unsupported, wrong direction...)."""
-        self._handled: Counter[type] = Counter()  # by class: no name lookup per message
+        # by class (no name lookup per message), in a plain dict (see the bus's counters)
+        self._handled: defaultdict[type, int] = defaultdict(int)
         self.last_error: str | None = None
         model.transport = self
 
