@@ -84,7 +84,9 @@ if command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         device-tree-compiler qemu-system-arm qemu-system-common qemu-utils cpio >/dev/null
     # dtschema (a test extra) needs pylibfdt, which PyPI ships as source only.
-    step "installing gcc libc6-dev python3-dev (pip builds pylibfdt, which dtschema needs)"
+    # The compiled pool prototype's tests (tests/memory/test_bounce_native.py) use them too.
+    step "installing gcc libc6-dev python3-dev (pip builds pylibfdt, which dtschema needs;" \
+        "the compiled pool prototype's tests build benchmarks/native/_bounce.c)"
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         gcc libc6-dev python3-dev >/dev/null
     install_arm64_guest
