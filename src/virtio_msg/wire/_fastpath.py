@@ -132,7 +132,8 @@ def make_encoder(
         tail = names[-1]
         count = f"f{lay.count_index}"
         u32 = lay.tail is Tail.U32_ARRAY
-        args = ", ".join([*fixed, f"*{tail}" if u32 else tail])
+        # u32 words: one tuple concatenation, then the call takes that tuple as it is
+        args = ", ".join([*fixed, tail])
         if u32:
             lines += [
                 # (pack checks the number of words against the struct the count chose)
@@ -149,10 +150,11 @@ def make_encoder(
                 f"                size = {base} + n",
             ]
         pad = "            " if u32 else "                "
+        # A size that can never be sent has no struct: calling the None fails with
+        # TypeError, into the general path like any other failure.
+        call = f"(*({head}size, {', '.join(fixed)}) + {tail})" if u32 else f"({head}size, {args})"
         lines += [
-            f"{pad}pack = _get(size) or _build(size)",
-            f"{pad}if pack is not None:",
-            f"{pad}    return pack({head}size, {args})",
+            f"{pad}return (_get(size) or _build(size)){call}",
             "    " + catch,
             "            pass",
         ]
@@ -190,6 +192,7 @@ def make_key_decoder(
     head = ["typ", "msg_id", "dev_num", *(["token"] if has_token else []), "size"]
     token = "token" if has_token else "0"
     bus = " and not dev_num" if lay.bus else ""
+    limit = f" and size <= {max_size}" if max_size < 0xFFFF else ""  # msg_size is a u16
     nfixed = lay.nfixed
     fields = [f"f{i}" for i in range(len(lay.payload_fields))]
     namespace: dict[str, Any] = {
@@ -206,7 +209,7 @@ def make_key_decoder(
             f"        {', '.join([*head, *fields])}, = _unpack(data)",
             "    except _error:",
             "        return _slow(data)",
-            f"    if {need} <= size <= len(data) and size <= {max_size}{bus}:",
+            f"    if {need} <= size <= len(data){limit}{bus}:",
             f"        return _new(_cls, ({', '.join([*fields, 'dev_num', token])}))",
             "    return _slow(data)",
         ]
@@ -217,16 +220,9 @@ def make_key_decoder(
             unit=4 if u32 else 1, offset=need, most=max_size,
         )
         namespace.update(_get=tails.get, _build=tails.build, _tails=tails)
-        # msg_size is the header's last u16: read it first, it selects the struct.
-        lines = [
-            "def dec(data):",
-            "    try:",
-            f"        size = data[{hs - 2}] | data[{hs - 1}] << 8",
-            "    except IndexError:",
-            "        return _slow(data)",
-            "    unpack = _get(size) or _build(size)",
-            "    if unpack is not None and size <= len(data):",
-        ]
+        # msg_size is the header's last u16: read it first, it selects the struct.  A
+        # buffer shorter than msg_size fails in the unpack (struct.error), a size no
+        # message of this layout can have has no struct (calling None: TypeError).
         count = lay.count_index
         if u32:
             # The words are a variable number of values: slice them off.
@@ -234,19 +230,24 @@ def make_key_decoder(
             dev = f"v[{head.index('dev_num')}]"
             tok = f"v[{head.index('token')}]" if has_token else "0"
             fixed = ", ".join([*(f"v[{at + i}]" for i in range(nfixed)), f"v[{at + nfixed}:]"])
-            lines += [
-                "        v = unpack(data)",
-                f"        if v[{at + count}] * 4 == size - {need}{bus.replace('dev_num', dev)}:",
-                f"            return _new(_cls, ({fixed}, {dev}, {tok}))",
-            ]
+            target = "v"
+            check = f"v[{at + count}] * 4 == size - {need}{bus.replace('dev_num', dev)}"
+            result = f"({fixed}, {dev}, {tok})"
         else:
-            lines += [
-                f"        {', '.join([*head, *fields])}, = unpack(data)",
-                "        tail_len = size - " + str(need),
-                f"        if {_count_ok(lay, f'f{count}', 'tail_len')}{bus}:",
-                f"            return _new(_cls, ({', '.join([*fields, 'dev_num', token])}))",
-            ]
-        lines.append("    return _slow(data)")
+            target = f"{', '.join([*head, *fields])},"
+            check = _count_ok(lay, f"f{count}", f"size - {need}") + bus
+            result = f"({', '.join([*fields, 'dev_num', token])})"
+        lines = [
+            "def dec(data):",
+            "    try:",
+            f"        size = data[{hs - 2}] | data[{hs - 1}] << 8",
+            f"        {target} = (_get(size) or _build(size))(data)",
+            "    except (IndexError, TypeError, _error):",
+            "        return _slow(data)",
+            f"    if {check}:",
+            f"        return _new(_cls, {result})",
+            "    return _slow(data)",
+        ]
     exec("\n".join(lines), namespace)  # generated from our own layout table
     decoder: Decoder = namespace["dec"]
     return decoder
@@ -266,18 +267,20 @@ def make_decoder(
     response with the event bit set, too large for ``max_size``) and a buffer
     shorter than two bytes go to ``slow``.
     """
-    table: dict[int, Decoder] = {}
-    for key, lay in by_key.items():
+    # rows[type byte][msg_id]: the type byte's reserved bits select the same row.
+    spaces: list[list[Decoder]] = [[slow] * 256 for _ in range(4)]
+    for lay in by_key.values():
         if lay.response and lay.msg_id & 0x40:
             continue  # an event is never a response: the general path names the error
         dec = make_key_decoder(lay, header_fmt, has_token, max_size, slow)
         if dec is not None:
-            table[key] = dec
+            spaces[lay.type_bits][lay.msg_id] = dec
+    rows = [spaces[typ & 3] for typ in range(256)]
 
     def decode(data: Any) -> Any:
         try:
-            dec = table[(data[0] & 3) << 8 | data[1]]
-        except (KeyError, IndexError):
+            dec = rows[data[0]][data[1]]
+        except IndexError:
             return slow(data)
         return dec(data)
 
