@@ -281,7 +281,9 @@ class DeviceTransport:
             self._reset_pending -= 1
             if self._reset_pending == 0:
                 self._finish_reset()
-        return S.GetDeviceStatusResp(self.status)
+        # The status poll is the most frequent request: built as the tuple it is,
+        # without the message class's Python-level __new__ (a frame per poll).
+        return _new_tuple(S.GetDeviceStatusResp, (self.status, 0, 0))
 
     def _set_status(self, msg: S.SetDeviceStatus) -> Message:
         new = msg.status & 0xFF  # open question 15: upper 24 bits ignored
