@@ -1,10 +1,11 @@
 """The in-process channel's direct paths agree with its recording paths.
 
 Without a capture, an ``InProcessChannel``'s ``deliver`` is the backend's own
-``deliver`` and its ``send`` a partial of the bus's ``receive`` (no frame of
-the channel's own); with a capture both go through methods that record first.
-The same traffic, good and bad, must give the same results and the same
-counters on both, and a closed channel drops messages either way.
+``deliver`` and its ``send`` calls the bus's ``receive`` with no checks; with
+a capture both go through methods that record first.  The same traffic, good
+and bad, must give the same results and the same counters on both, and a
+closed channel drops messages either way.  Also the backend's linux-rfc1
+kick answer, which moved out of ``Backend.deliver``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from typing import Any
 
 import pytest
 
-from virtio_msg.bus import LoopbackBus, loopback_pair
+from virtio_msg.bus import Backend, LoopbackBus, loopback_pair
 from virtio_msg.bus.capture import BusCapture, CaptureWriter
 from virtio_msg.bus.inprocess import InProcessChannel
 from virtio_msg.capture.frames import read_capture
 from virtio_msg.devices import RngDevice
 from virtio_msg.drivers import RngDriver
 from virtio_msg.errors import TransportError
+from virtio_msg.memory import Region
 from virtio_msg.transport import BusParams
+from virtio_msg.wire import rfc1 as R
 from virtio_msg.wire import spec as S
 
 
@@ -103,3 +106,36 @@ def test_closed_channel_drops_messages_both_ways(
         channel.send(response)
         assert (backend.devices[0].handled, bus.received, bus.dropped) == before
         channel.close()  # idempotent
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_linux_rfc1_kick_is_answered_once_before_or_after_its_processing(first: bool) -> None:
+    """linux-rfc1.md 4.1: every message is answered, kicks included (the order per bus kind)."""
+    params = BusParams("linux-rfc1")
+    with Region(1 << 16) as region:
+        backend = Backend(region, params, answer_kicks_first=first)
+        log: list[object] = []
+
+        class Port:
+            def send(self, data: bytes) -> None:
+                log.append(type(backend.adapter.decode(data)).__name__)
+
+            def add(self, dev_num: int) -> None:
+                """Nothing to probe here."""
+
+            def remove(self, dev_num: int) -> None:
+                """Nothing to remove here."""
+
+        backend.attach(Port())
+        transport = backend.serve(3, RngDevice())
+        real = transport.handle
+
+        def handle(msg: Any) -> Any:
+            log.append("processed")
+            return real(msg)
+
+        transport.handle = handle  # type: ignore[method-assign]
+        backend.deliver(backend.adapter.encode(S.EventAvail(0, 0, dev_num=3)))
+        ack = R.EventAvailResp.__name__
+        assert log == ([ack, "processed"] if first else ["processed", ack])
+        assert transport.discarded["event-avail-unconfigured-queue"] == 1
