@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import os
 import socket
 import threading
@@ -28,6 +29,7 @@ from virtio_msg.bus.protocol import (
     parse_control_response,
 )
 from virtio_msg.bus.socket import SocketLimits
+from virtio_msg.bus.socket_limits import receive_error, send_error
 from virtio_msg.devices.rng import RngDevice
 from virtio_msg.errors import BusError, TransportError
 from virtio_msg.transport.device import DeviceModel
@@ -460,6 +462,31 @@ def test_request_to_a_disconnected_backend_fails_at_once(
     with pytest.raises(TransportError) as exc:
         entry.transport.get_status()
     assert exc.value.kind == "removed"
+
+
+@pytest.mark.parametrize("code", [errno.ECONNRESET, errno.EPIPE])
+def test_a_send_or_a_receive_that_finds_the_backend_gone_gives_one_reason(code: int) -> None:
+    gone = OSError(code, os.strerror(code))
+    assert send_error(gone) == receive_error(OSError(errno.ECONNRESET, "reset"))
+    assert send_error(gone) == "connection closed by the backend"
+    other = OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))
+    assert send_error(other) == f"send failed: {os.strerror(errno.ENOBUFS)}"
+
+
+def test_a_backend_that_exits_with_unread_messages_closed_the_connection() -> None:
+    """Whichever of the bus's send and receive notices first, the reason is the same."""
+    with bus_harness() as h, _good_backend(h) as good:
+        bad = h.raw()
+        _announce(bad)
+        channel = next(ch for ch in h.server.channels() if ch.devices() == [])
+        event = WireAdapter().encode(S.EventAvail(0, 0, dev_num=5))
+        channel.deliver(event)  # left unread: closing now resets the connection
+        bad.close()
+        with contextlib.suppress(BusError):
+            for _ in range(1000):
+                channel.deliver(event)
+        assert "connection closed by the backend" in _disconnect_reason(h)
+        _still_works(h, good)
 
 
 def test_closing_the_bus_first_disconnects_backends_and_refuses_new_ones() -> None:

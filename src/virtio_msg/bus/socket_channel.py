@@ -45,6 +45,7 @@ from virtio_msg.bus.socket_limits import (
     SocketLimits,
     TokenBucket,
     receive_error,
+    send_error,
 )
 from virtio_msg.errors import BusError, MalformedMessage, TransportError, VirtioMsgError
 from virtio_msg.wire import GenericMessage, Message
@@ -297,7 +298,7 @@ class SocketChannel:
                 except BlockingIOError:
                     pass
                 except OSError as exc:
-                    self._fail_locked(f"send failed: {exc.strerror or exc}", violation=False)
+                    self._fail_locked(send_error(exc), violation=False)
                     raise BusError(f"{self.name}: send failed: {exc.strerror or exc}") from None
             if len(self._backlog) >= self.limits.max_backlog:
                 self._fail_locked(
@@ -336,7 +337,7 @@ class SocketChannel:
                     except BlockingIOError:
                         break
                     except OSError as exc:
-                        self._fail_locked(f"send failed: {exc.strerror or exc}", violation=False)
+                        self._fail_locked(send_error(exc), violation=False)
                         return
                     self._backlog.popleft()
                     self.sent += 1

@@ -114,4 +114,23 @@ def receive_error(exc: OSError) -> str:
     return f"receive failed: {exc.strerror or exc}"
 
 
-__all__ = ["JOIN_TIMEOUT", "PEERCRED", "POLL_MS", "SocketLimits", "TokenBucket", "receive_error"]
+def send_error(exc: OSError) -> str:
+    """The disconnect reason for a failed send: a peer that is gone closed the connection.
+
+    A backend that exits makes the bus's next receive *or* send fail, whichever
+    comes first; both then give the same reason.
+    """
+    if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+        return "connection closed by the backend"
+    return f"send failed: {exc.strerror or exc}"
+
+
+__all__ = [
+    "JOIN_TIMEOUT",
+    "PEERCRED",
+    "POLL_MS",
+    "SocketLimits",
+    "TokenBucket",
+    "receive_error",
+    "send_error",
+]
