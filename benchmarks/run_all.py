@@ -1,12 +1,13 @@
 """Run every benchmark with ``--json`` and print all their figures in one table.
 
-Run: ``python benchmarks/run_all.py [--quick] [--only NAME,...] [--json]``
+Run: ``python benchmarks/run_all.py [--quick] [--only NAME,...] [--native] [--json]``
 
 Each benchmark runs in its own process (``nice``-d, so shared machines stay
 usable); its JSON lines are collected and printed as one table with the load
 average next to every figure, or, with ``--json``, as JSON lines again.
 ``--quick`` passes each benchmark small sizes (seconds, not minutes; noisier
-figures).  A benchmark that fails or is skipped (vhost-user blk needs
+figures); ``--native`` also times the compiled pool prototype (``bench_pool.py
+--native``).  A benchmark that fails or is skipped (vhost-user blk needs
 qemu-storage-daemon) is reported and the others still run; the exit status is 1
 if any failed.
 """
@@ -66,6 +67,10 @@ def main() -> None:
     parser.add_argument("--only", default="", help=f"comma-separated, of {', '.join(BENCHMARKS)}")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per benchmark")
     parser.add_argument("--json", action="store_true", help="one JSON object per figure")
+    parser.add_argument(
+        "--native", action="store_true",
+        help="pool: also time the compiled prototype (built with the C compiler)",
+    )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -75,7 +80,10 @@ def main() -> None:
     failed = []
     for name in names:
         script, quick = BENCHMARKS[name]
-        got, error = run_one(script, quick if args.quick else [], args.timeout)
+        extra = quick if args.quick else []
+        if args.native and name == "pool":
+            extra = [*extra, "--native"]
+        got, error = run_one(script, extra, args.timeout)
         figures += got
         if error:
             failed.append(name)
