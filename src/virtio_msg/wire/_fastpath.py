@@ -4,10 +4,13 @@ Strategy: for each message class the codec builds, once, a small encoder
 function specialised to that class's layout, its header format and the bus's
 maximum size (the way ``collections.namedtuple`` generates code): the fields
 are unpacked by position and packed with one precompiled ``struct.Struct``,
-with the header constants inlined.  Each layout with a variable tail also gets
-a generated payload decoder, specialised the same way; fixed layouts are
-decoded inline by the codec's one decode function, from a table entry that
-holds everything that depends only on the message key.  Whenever anything is
+with the header constants inlined.  Each message key gets a generated
+decoder, specialised the same way, which the codec's decode selects by the
+first two bytes: one struct unpacks header, fixed part and (picked by
+``msg_size``) the tail, and only the checks that can fail for that key are
+made; everything that depends only on the key is decided when the code is
+generated.  Structs for variable tails are cached per message size, a bounded
+number of them (sizes come from peers).  Whenever anything is
 unusual (a value out of range, a tail that disagrees with its count, a message
 too large, a short buffer) a fast path hands the *whole* message to the
 codec's general path, which repeats every check and raises the precise

@@ -164,15 +164,18 @@ class Codec:
     encode: Callable[[Message], bytes]
     """Encode one message of this profile; raise EncodeError if it cannot be sent.
 
-    A specialised encoder per message class handles valid messages; anything
-    unusual goes to the general path, which raises the precise error.
+    A specialised encoder per message class (one dict lookup by class) handles
+    valid messages; anything unusual goes to the general path, which raises the
+    precise error.
     """
     decode: Callable[[Buffer], Message]
     """Decode one message; raise MalformedMessage (and nothing else) if invalid.
 
-    Valid standard messages take a fast path that repeats every check of
-    :meth:`decode_header` in one expression; anything unusual (an error, an
-    implementation-defined id) takes the general path, which names the field.
+    The first two bytes select a decoder generated for that message key, which
+    unpacks the whole message with one struct and repeats every check of
+    :meth:`decode_header` and of the payload that can fail for the key; anything
+    unusual (an error, an implementation-defined id) takes the general path,
+    which names the field.
     """
 
     def __init__(self, profile: Profile | str = Profile.SPEC, max_size: int | None = None) -> None:
