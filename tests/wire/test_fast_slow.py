@@ -231,3 +231,28 @@ def test_encode_fast_equals_slow_on_any_field_values(codec: Codec, data: st.Data
     fast = _outcome(codec.encode, msg)
     slow = _outcome(codec._encode_slow, msg)
     assert fast == slow, (msg, fast, slow)
+
+
+@st.composite
+def _kernel_frames(draw: st.DrawFn) -> bytes:
+    """44-byte seed-kernel buffers: SET_DRV_FEATURES / SET_CONFIG with the seed's sizes."""
+    msg_id = draw(st.sampled_from([0x04, 0x06, 0x03, 0x05]))
+    size = draw(st.sampled_from([14, 18, 22, 26, 30, 44, 45, 6]))
+    body = draw(st.binary(min_size=38, max_size=38))
+    count = draw(st.integers(0, 9))
+    body = struct.pack("<II", 0, count) + body[8:] if msg_id == 0x04 else \
+        struct.pack("<III", 0, 0, count) + body[12:]
+    return struct.pack("<BBHH", 0, msg_id, 1, size) + body
+
+
+@settings(max_examples=800, deadline=None)
+@given(raw=_kernel_frames())
+def test_kernel_compat_decode_fast_equals_slow(raw: bytes) -> None:
+    """linux-rfc1 defect 22: kernel-compat decoding takes the same path as the general one."""
+    from virtio_msg.wire.compat import kernel_frame
+    from virtio_msg.wire.translate import WireAdapter, to_draft
+
+    adapter = WireAdapter("linux-rfc1", kernel_compat=True)
+    fast = _outcome(adapter.decode, raw)
+    slow = _outcome(lambda d: to_draft(adapter.codec._decode_slow(kernel_frame(d))), raw)
+    assert fast == slow
