@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -40,13 +41,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from virtio_msg.bus import DeviceEntry, LoopbackBus
+from virtio_msg.bus import LoopbackBus
 from virtio_msg.bus.client import connect
 from virtio_msg.bus.socket import SocketServer
 from virtio_msg.devices.rng import RngDevice
 from virtio_msg.drivers.blk import BlkDriver
 from virtio_msg.drivers.rng import RngDriver
-from virtio_msg.testing import KillRound, kill_rng_reader, kill_writer, progress
+from virtio_msg.testing import DeviceWatch, KillTally, kill_during_io, progress
 from virtio_msg.transport.params import BusParams
 
 BLK, RNG = 4, 5
@@ -83,42 +84,6 @@ def proc_rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS line in /proc/{pid}/status")
-
-
-class Watch:
-    """What the bus reports about the blk device (its ADD/REMOVE callbacks), to wait on."""
-
-    def __init__(self, bus: LoopbackBus) -> None:
-        """Count ADDs and REMOVEs of every number from now on."""
-        self.cv = threading.Condition()
-        self.added: Counter[int] = Counter()
-        self.removed: Counter[int] = Counter()
-        bus.on_added.append(lambda e: self._note(self.added, e))
-        bus.on_removed.append(lambda e: self._note(self.removed, e))
-
-    def _note(self, where: Counter[int], entry: DeviceEntry) -> None:
-        with self.cv:
-            where[entry.dev_num] += 1
-            self.cv.notify_all()
-
-    def wait(
-        self, counts: Counter[int], at_least: int, what: str,
-        alive: dict[str, subprocess.Popen[bytes]],
-    ) -> None:
-        """Wait until ``counts[BLK]`` reaches ``at_least`` (re-checked on every report).
-
-        Fails if a process in ``alive`` (name: process) exits first.
-        """
-        deadline = time.monotonic() + WAIT
-        with self.cv:
-            while counts[BLK] < at_least:
-                for name, proc in alive.items():
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"{name} exited ({proc.returncode}) before {what}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError(f"hang: {what} did not happen within {WAIT:.0f} s")
-                self.cv.wait(min(left, 1.0))  # woken by the report; the slice checks the children
 
 
 def _verify(driver: BlkDriver, image: Path, snapshot: dict[int, bytes], where: str) -> None:
@@ -227,16 +192,13 @@ def run(
     with open(image, "wb") as f:
         f.truncate(IMAGE)
     bus = LoopbackBus(BusParams(timeout_ms=timeout_ms), size=4 << 20)
-    watch = Watch(bus)
+    watch = DeviceWatch(bus, WAIT)
     server = SocketServer(bus, tmp / "bus.sock").start()
     good = connect(tmp / "bus.sock")
     kids = Children(tmp, image)
     done: dict[int, bytes] = {}
     lock = threading.Lock()
-    worst_request = worst_after_kill = 0.0
-    verified = failed_requests = rng_reads = rng_failures = acked = 0
-    kinds: Counter[str] = Counter()
-    unexpected: list[str] = []
+    tally = KillTally()
     fds: list[int] = []
     rss: list[int] = []
     rss_max = 0
@@ -258,7 +220,8 @@ def run(
             task = bar.add_task("kill -9 qemu-storage-daemon", total=rounds, note="")
             for rnd_no in range(rounds + 1):
                 alive = {"the bridge": bridge, "qemu-storage-daemon": kids.qsd}
-                watch.wait(watch.added, rnd_no + 1, f"round {rnd_no}: the blk device's ADD", alive)
+                watch.wait(watch.added, BLK, rnd_no + 1, f"round {rnd_no}: the blk device's ADD",
+                           alive)
                 entry = bus.device(BLK)
                 if entry is None or not isinstance(entry.driver, BlkDriver):
                     raise RuntimeError(f"round {rnd_no}: the blk device did not probe")
@@ -266,48 +229,22 @@ def run(
                 with lock:
                     snapshot = dict(done)
                 _verify(driver, image, snapshot, f"round {rnd_no}")
-                verified += len(snapshot)
+                tally.verified += len(snapshot)
                 if rnd_no <= 1:  # at the start, and after one kill and reconnect
                     fds.append(proc_fds(bridge.pid))
                     rss.append(proc_rss_kib(bridge.pid))
                 rss_max = max(rss_max, proc_rss_kib(bridge.pid))
                 if rnd_no == rounds:
                     break
-                seen = KillRound(WRITERS, WAIT)
-                threads = [
-                    threading.Thread(
-                        target=kill_writer,
-                        args=(driver, random.Random(rnd.random()), i, done, lock, seen),
-                    )
-                    for i in range(WRITERS)
-                ]
-                threads.append(threading.Thread(target=kill_rng_reader, args=(rng, seen)))
-                for t in threads:
-                    t.start()
-                seen.wait_busy(WRITERS * rnd.randint(2, 10))
-                kids.kill_qsd()
-                killed = time.monotonic()
-                for t in threads[:-1]:
-                    t.join(WAIT)
-                    if t.is_alive():
-                        raise RuntimeError(f"round {rnd_no}: a writer hung after the kill")
-                watch.wait(watch.removed, rnd_no + 1, f"round {rnd_no}: the blk REMOVE",
-                           {"the bridge": bridge})
-                seen.stop.set()
-                threads[-1].join(WAIT)
-                if threads[-1].is_alive():
-                    raise RuntimeError(f"round {rnd_no}: the rng reader hung")
-                unexpected += seen.unexpected
-                failed_requests += len(seen.failed)
-                kinds += seen.kinds
-                acked += seen.acked
-                rng_reads += seen.rng_reads
-                rng_failures += seen.rng_failures
-                for began, failed in seen.failed:
-                    worst_request = max(worst_request, failed - began)
-                    worst_after_kill = max(worst_after_kill, failed - killed)
+                seen, killed = kill_during_io(
+                    driver, rng, rnd, done, lock, kids.kill_qsd,
+                    functools.partial(watch.wait, watch.removed, BLK, rnd_no + 1,
+                                      f"round {rnd_no}: the blk REMOVE", {"the bridge": bridge}),
+                    WRITERS, WAIT, f"round {rnd_no}",
+                )
+                tally.add(seen, killed)
                 kids.start_qsd()
-                bar.update(task, advance=1, note=f"worst request {worst_request:.3f} s")
+                bar.update(task, advance=1, note=f"worst request {tally.worst_request:.3f} s")
         fds.append(proc_fds(bridge.pid))
         rss.append(proc_rss_kib(bridge.pid))
         status = kids.stop_bridge()
@@ -320,17 +257,8 @@ def run(
         server.close()
         bus.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    bound = timeout_ms / 1000 * 1.1
     return {
-        "rounds": rounds, "writers": WRITERS, "timeout_ms": timeout_ms,
-        "writes_acknowledged": acked,
-        "failed_requests": failed_requests, "expected_failed_requests": rounds * WRITERS,
-        "failure_kinds": dict(kinds),
-        "worst_failed_request_s": round(worst_request, 3),
-        "worst_failure_after_kill_s": round(worst_after_kill, 3), "bound_s": bound,
-        "within_bound": worst_request <= bound, "unexpected_errors": unexpected,
-        "rng_reads_during_kills": rng_reads, "rng_failures": rng_failures,
-        "sectors_verified_after_restarts": verified,
+        **tally.summary(rounds, WRITERS, timeout_ms),
         "bridge_events": dict(Counter(events)),
         "expected_bridge_events": events == ["added"] + ["removed", "reconnected", "added"] * rounds
         + ["removed"],

@@ -9,6 +9,10 @@ long runs (the fault and soak scripts of docs/reliability.md),
 resident memory from /proc, and :func:`progress` makes a rich progress bar.
 :class:`SpyRegion` records every bounds-checked access, so a hostile-ring test
 or fuzz run can prove that nothing was read or written outside the region.
+The kill -9 campaigns of soak/ share :class:`KillRound` (what one round's threads
+saw), :func:`kill_during_io` (one round: writers, an rng reader, the kill),
+:class:`KillTally` (the totals and the summary every campaign reports) and
+:class:`DeviceWatch` (waiting, bounded, for the bus's ADD and REMOVE reports).
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ from __future__ import annotations
 import gc
 import os
 import random
+import signal
+import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -34,7 +41,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from virtio_msg.bus import Backend, InProcessChannel, LoopbackBus, loopback_pair
+from virtio_msg.bus import Backend, DeviceEntry, InProcessChannel, LoopbackBus, loopback_pair
 from virtio_msg.drivers.blk import BlkDriver
 from virtio_msg.drivers.rng import RngDriver
 from virtio_msg.errors import TransportError, VirtioMsgError
@@ -337,3 +344,124 @@ def kill_rng_reader(driver: RngDriver, seen: KillRound) -> None:
                 seen.rng_failures += 1
             seen.cv.notify_all()
         seen.stop.wait(0.002)  # pacing only: the other backend is read throughout
+
+
+class DeviceWatch:
+    """What a bus reports about devices (its ADD/REMOVE callbacks), to wait on."""
+
+    def __init__(self, bus: LoopbackBus, wait: float) -> None:
+        """Count ADDs and REMOVEs of every number from now on; waits last at most ``wait`` s."""
+        self.wait_s = wait
+        self.cv = threading.Condition()
+        self.added: Counter[int] = Counter()
+        self.removed: Counter[int] = Counter()
+        bus.on_added.append(lambda e: self._note(self.added, e))
+        bus.on_removed.append(lambda e: self._note(self.removed, e))
+
+    def _note(self, where: Counter[int], entry: DeviceEntry) -> None:
+        with self.cv:
+            where[entry.dev_num] += 1
+            self.cv.notify_all()
+
+    def wait(
+        self, counts: Counter[int], dev_num: int, at_least: int, what: str,
+        alive: Mapping[str, subprocess.Popen[bytes]], *, allow_killed: bool = False,
+    ) -> None:
+        """Wait until ``counts[dev_num]`` reaches ``at_least`` (re-checked on every report).
+
+        Fails if a process in ``alive`` (name: process) exits first, unless
+        ``allow_killed`` and it was killed with SIGKILL.
+        """
+        deadline = time.monotonic() + self.wait_s
+        with self.cv:
+            while counts[dev_num] < at_least:
+                for name, proc in alive.items():
+                    code = proc.poll()
+                    if code is not None and not (allow_killed and code == -signal.SIGKILL):
+                        raise RuntimeError(f"{name} exited ({code}) before {what}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"hang: {what} did not happen within {self.wait_s:.0f} s")
+                self.cv.wait(min(left, 1.0))  # woken by the report; the slice checks the children
+
+
+@dataclass
+class KillTally:
+    """A kill -9 campaign's totals over its rounds (:meth:`add` one :class:`KillRound` each)."""
+
+    acked: int = 0
+    failed_requests: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    unexpected: list[str] = field(default_factory=list)
+    rng_reads: int = 0
+    rng_failures: int = 0
+    worst_request: float = 0.0
+    """Longest a failed request took, from its call to its failure, seconds."""
+    worst_after_kill: float = 0.0
+    """Longest from the kill to a request's failure, seconds."""
+    verified: int = 0
+    """Sectors read back and found as acknowledged, after each restart."""
+
+    def add(self, seen: KillRound, killed: float) -> None:
+        """Count one round whose back end was killed at monotonic time ``killed``."""
+        self.unexpected += seen.unexpected
+        self.failed_requests += len(seen.failed)
+        self.kinds += seen.kinds
+        self.acked += seen.acked
+        self.rng_reads += seen.rng_reads
+        self.rng_failures += seen.rng_failures
+        for began, failed in seen.failed:
+            self.worst_request = max(self.worst_request, failed - began)
+            self.worst_after_kill = max(self.worst_after_kill, failed - killed)
+
+    def summary(self, rounds: int, writers: int, timeout_ms: int) -> dict[str, Any]:
+        """The figures every campaign reports, with the bound a failure must meet."""
+        bound = timeout_ms / 1000 * 1.1
+        return {
+            "rounds": rounds, "writers": writers, "timeout_ms": timeout_ms,
+            "writes_acknowledged": self.acked,
+            "failed_requests": self.failed_requests,
+            "expected_failed_requests": rounds * writers,
+            "failure_kinds": dict(self.kinds),
+            "worst_failed_request_s": round(self.worst_request, 3),
+            "worst_failure_after_kill_s": round(self.worst_after_kill, 3), "bound_s": bound,
+            "within_bound": self.worst_request <= bound, "unexpected_errors": self.unexpected,
+            "rng_reads_during_kills": self.rng_reads, "rng_failures": self.rng_failures,
+            "sectors_verified_after_restarts": self.verified,
+        }
+
+
+def kill_during_io(
+    blk: BlkDriver, rng: RngDriver, rnd: random.Random, done: dict[int, bytes],
+    lock: threading.Lock, kill: Callable[[], None], gone: Callable[[], None],
+    writers: int, wait: float, where: str,
+) -> tuple[KillRound, float]:
+    """One round: ``writers`` blk writers and an rng reader run, ``kill()`` kills the back end.
+
+    Waits (bounded) until some writes are acknowledged, kills, waits for every
+    writer's request to fail, then for ``gone()`` (the device's REMOVE), and
+    stops the rng reader.  Returns what the round saw and when the kill was.
+    """
+    seen = KillRound(writers, wait)
+    threads = [
+        threading.Thread(
+            target=kill_writer, args=(blk, random.Random(rnd.random()), i, done, lock, seen)
+        )
+        for i in range(writers)
+    ]
+    threads.append(threading.Thread(target=kill_rng_reader, args=(rng, seen)))
+    for t in threads:
+        t.start()
+    seen.wait_busy(writers * rnd.randint(2, 10))
+    kill()
+    killed = time.monotonic()
+    for t in threads[:-1]:
+        t.join(wait)
+        if t.is_alive():
+            raise RuntimeError(f"{where}: a writer hung after the kill")
+    gone()
+    seen.stop.set()
+    threads[-1].join(wait)
+    if threads[-1].is_alive():
+        raise RuntimeError(f"{where}: the rng reader hung")
+    return seen, killed
