@@ -28,7 +28,7 @@ Strategy (after Linux ``virtio_ring.c`` with the DMA API in use):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from virtio_msg.memory import DmaDirection, DmaPool, Mapping, PoolError, wrap16
@@ -94,6 +94,34 @@ def written_parts(parts: list[bytes], length: int) -> list[bytes]:
             out.append(part[:length])
             length = 0
     return out
+
+
+def reap_used(
+    pop: Callable[[], tuple[object, bytes] | None],
+) -> list[tuple[object, bytes]]:
+    """Every used chain ``pop`` returns until None; on a lie, those before it in ``completed``."""
+    done: list[tuple[object, bytes]] = []
+    try:
+        while (item := pop()) is not None:
+            done.append(item)
+    except DeviceLied as exc:
+        exc.completed = done
+        raise
+    return done
+
+
+def reap_used_parts(
+    pop: Callable[[], tuple[object, list[bytes]] | None],
+) -> list[tuple[object, list[bytes]]]:
+    """Like :func:`reap_used` with the written bytes per buffer (joined in ``completed``)."""
+    done: list[tuple[object, list[bytes]]] = []
+    try:
+        while (item := pop()) is not None:
+            done.append(item)
+    except DeviceLied as exc:
+        exc.completed = [(token, b"".join(parts)) for token, parts in done]
+        raise
+    return done
 
 
 class _Outstanding:
@@ -479,25 +507,11 @@ class DriverQueue:
         On a lie, the pairs reaped before it are attached to the raised
         error's ``completed`` list.
         """
-        done: list[tuple[object, bytes]] = []
-        try:
-            while (item := self.pop_used()) is not None:
-                done.append(item)
-        except DeviceLied as exc:
-            exc.completed = done
-            raise
-        return done
+        return reap_used(self.pop_used)
 
     def get_used_parts(self) -> list[tuple[object, list[bytes]]]:
         """Like :meth:`get_used`, with :meth:`pop_used_parts` (on a lie, see there)."""
-        done: list[tuple[object, list[bytes]]] = []
-        try:
-            while (item := self.pop_used_parts()) is not None:
-                done.append(item)
-        except DeviceLied as exc:
-            exc.completed = [(token, b"".join(parts)) for token, parts in done]
-            raise
-        return done
+        return reap_used_parts(self.pop_used_parts)
 
     # --- used-buffer notifications ------------------------------------------
 

@@ -35,7 +35,7 @@ from typing import Final
 
 from virtio_msg.memory import DmaDirection, DmaPool, Mapping, PoolError
 from virtio_msg.spec import VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_INDIRECT_DESC
-from virtio_msg.virtqueue.driver import written_parts
+from virtio_msg.virtqueue.driver import reap_used, reap_used_parts, written_parts
 from virtio_msg.virtqueue.errors import (
     DeviceLied,
     QueueBroken,
@@ -416,25 +416,11 @@ class PackedDriverQueue:
 
     def get_used(self) -> list[tuple[object, bytes]]:
         """Reap every used chain now visible, in ring order (see the split queue)."""
-        done: list[tuple[object, bytes]] = []
-        try:
-            while (item := self.pop_used()) is not None:
-                done.append(item)
-        except DeviceLied as exc:
-            exc.completed = done
-            raise
-        return done
+        return reap_used(self.pop_used)
 
     def get_used_parts(self) -> list[tuple[object, list[bytes]]]:
         """Like :meth:`get_used`, with :meth:`pop_used_parts` (on a lie, see there)."""
-        done: list[tuple[object, list[bytes]]] = []
-        try:
-            while (item := self.pop_used_parts()) is not None:
-                done.append(item)
-        except DeviceLied as exc:
-            exc.completed = [(token, b"".join(parts)) for token, parts in done]
-            raise
-        return done
+        return reap_used_parts(self.pop_used_parts)
 
     # --- used-buffer notifications ------------------------------------------
 
