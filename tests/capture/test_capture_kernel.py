@@ -16,6 +16,7 @@ import signal
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,22 +60,29 @@ def check_kernel_capture(path: Path, read: list[bytes], written: list[bytes]) ->
     return frames
 
 
-def test_kernel_channel_records_every_buffer_as_read_and_written(tmp_path: Path) -> None:
-    path = tmp_path / "kernel.pcapng"
+@contextlib.contextmanager
+def captured_rng(path: Path) -> Iterator[tuple[SeedLoopback, CaptureWriter]]:
+    """``backend --kernel --capture path`` serving rng as device 0 on the emulated seed."""
     kernel = SeedLoopback(size=SIZE, timeout_s=2.0)
     writer = CaptureWriter(path)
     try:
         channel = KernelChannel(kernel, kernel.bus.region.base, SIZE, capture=writer)
         try:
             channel.serve(0, make_device("rng"))
-            entry = kernel.bus.device(0)
-            assert entry is not None and isinstance(entry.driver, RngDriver)
-            assert len(entry.driver.read(32)) == 32  # kicks and EVENT_USED on the way
+            yield kernel, writer
         finally:
             channel.close()
     finally:
         writer.close()
         kernel.close()
+
+
+def test_kernel_channel_records_every_buffer_as_read_and_written(tmp_path: Path) -> None:
+    path = tmp_path / "kernel.pcapng"
+    with captured_rng(path) as (kernel, writer):
+        entry = kernel.bus.device(0)
+        assert entry is not None and isinstance(entry.driver, RngDriver)
+        assert len(entry.driver.read(32)) == 32  # kicks and EVENT_USED on the way
     frames = check_kernel_capture(path, kernel.frames, kernel.written)
     assert writer.dropped == 0
     records = {}
@@ -160,17 +168,8 @@ def test_backend_kernel_refuses_a_bad_capture_size(
 def test_decode_pcap_kernel_compat_reads_the_seeds_set_drv_features(tmp_path: Path) -> None:
     """Strictly the seed's SET_DRV_FEATURES (msg_size 14) is malformed; with the rule it reads."""
     path = tmp_path / "kernel.pcapng"
-    kernel = SeedLoopback(size=SIZE, timeout_s=2.0)
-    writer = CaptureWriter(path)
-    try:
-        channel = KernelChannel(kernel, kernel.bus.region.base, SIZE, capture=writer)
-        try:
-            channel.serve(0, make_device("rng"))
-        finally:
-            channel.close()
-    finally:
-        writer.close()
-        kernel.close()
+    with captured_rng(path):
+        pass  # the probe is enough: it sends SET_DRV_FEATURES
     frames = list(read_capture(path))
     feats = [
         f
